@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny random-weight models built in code (no downloads) and their artifacts."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def write_tiny_bert(directory: Path, *, hidden: int = 32, layers: int = 2, heads: int = 2) -> Path:
+    """A random-weight BERT sequence classifier with a WordPiece vocabulary made from the demo texts."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = set()
+    for line in (DEMO / "train.csv").read_text(encoding="utf-8").lower().splitlines():
+        words.update(re.findall(r"[a-z]+", line))
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars)
+                               + [f"##{c}" for c in chars] + list(".,!?'\"-:;#@()") + sorted(words)))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True, model_max_length=128)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT fine-tuned a few steps on the demo data by sft.train."""
+    from sft import load_config, train
+
+    out = tmp_path_factory.mktemp("tiny-ckpt") / "ckpt"
+    cfg = load_config(overrides={"train": str(DEMO / "train.csv"), "eval": str(DEMO / "eval.csv"),
+                                 "model": str(tiny_bert), "output": str(out), "max_steps": 12,
+                                 "batch_size": 16, "lr": 1e-3, "max_length": 48, "progress": False})
+    train(cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    from export import export_onnx
+
+    out = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
+    export_onnx(tiny_checkpoint, out, atol=1e-4)
+    return out
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run one of the console scripts as a user would, capturing output."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
+                          env=env, **kwargs)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
+    """A user error: the given exit code, one line on stderr naming what is wrong, and no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
