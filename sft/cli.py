@@ -1,51 +1,122 @@
-"""`sft-train`: a thin typer layer over sft.train.train()."""
+"""`sft-train`: a thin typer layer over sft.train.train().
+
+Every TrainConfig field is a CLI option (`lora_r` -> `--lora-r`); options given on the command line
+override the YAML file given with --config. The options are generated from the dataclass so the CLI,
+the YAML keys and the saved train_config.yaml can never drift apart.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from .config import TrainConfig
 from .errors import report_errors
 
-app = typer.Typer(add_completion=False, help="Fine-tune a pretrained Hugging Face model on labeled text.")
+HELP = {
+    "train": "Training data: CSV/TSV/JSON/JSONL/Parquet (CoNLL or JSONL for token-classification; Alpaca "
+             "JSON or chat JSONL for causal-lm), or hub NAME:SPLIT.",
+    "eval": "Evaluation data, same formats.",
+    "model": "Local path or hub id (default: the packaged MiniLM).",
+    "task": "sequence-classification | token-classification | causal-lm.",
+    "problem_type": "Sequence classification: single-label | multi-label | regression.",
+    "text_column": "Column holding the text.",
+    "text_pair_column": "Optional second text column (sentence pairs).",
+    "label_column": "Column holding the label (string or int).",
+    "label_separator": "Separator of several labels in one cell (multi-label).",
+    "threshold": "Multi-label decision threshold on sigmoid scores.",
+    "max_length": "Truncate inputs to this many tokens.",
+    "packing": "causal-lm: pack several examples per row (no attention across them).",
+    "group_by_length": "Batch rows of similar length together to cut padding.",
+    "output": "Checkpoint directory (written when training ends).",
+    "epochs": "Training epochs.",
+    "max_steps": "Stop after this many optimizer steps (overrides --epochs).",
+    "batch_size": "Examples per micro-batch (per process).",
+    "grad_accum": "Micro-batches per optimizer step.",
+    "eval_batch_size": "Examples per evaluation batch.",
+    "lr": "Peak learning rate (AdamW).",
+    "weight_decay": "AdamW weight decay (never on biases and norms).",
+    "schedule": "Learning-rate schedule after warmup: linear | cosine | constant.",
+    "warmup_ratio": "Fraction of the steps spent in linear warmup.",
+    "max_grad_norm": "Clip the gradient norm to this (0: no clipping).",
+    "label_smoothing": "Label smoothing of the cross-entropy.",
+    "dropout": "Override every dropout probability of the model.",
+    "precision": "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling).",
+    "gradient_checkpointing": "Recompute activations in backward to save memory.",
+    "seed": "Random seed (data order, initialization, dropout).",
+    "kernels": "auto (Triton on CUDA) | triton | torch: loss and attention kernels.",
+    "freeze": "Freeze embeddings | bottom:K | all-but-head | a regex over parameter names.",
+    "unfreeze_every": "Gradual unfreezing: start with the head, unfreeze one layer group every N steps.",
+    "layer_lr_decay": "Layer-wise LR decay factor from the top layer down (1 = none).",
+    "head_lr": "Learning rate of the head (default: --lr).",
+    "embedding_lr": "Learning rate of the embeddings (default: from --layer-lr-decay).",
+    "lora_r": "LoRA rank (0 = full fine-tuning); adapters are merged on save.",
+    "lora_alpha": "LoRA alpha.",
+    "lora_dropout": "LoRA dropout.",
+    "lora_targets": "Comma-separated module names for LoRA (default: all linear layers).",
+    "unsup_weight": "λ of the joint loss L_sup + λ·L_unsup (MLM for encoders, prompt LM for decoders).",
+    "eval_every": "Evaluate every N steps (0 = every epoch).",
+    "best_metric": "Keep the best checkpoint by this eval metric (e.g. accuracy, f1_macro, f1, loss).",
+    "patience": "Early stopping after N evaluations without improvement of --best-metric.",
+    "save_every": "Save a resumable state every N steps (0 = at each evaluation).",
+    "keep_last": "Resumable states kept on disk.",
+    "resume": "Continue an interrupted run of the same command from its last state.",
+    "log_every": "Log training loss every N steps.",
+    "tensorboard": "Also write TensorBoard event files (when tensorboard is installed).",
+    "plots": "Write PNG plots (curves, confusion matrix) at the end.",
+    "progress": "Show a progress bar.",
+}
 
 
-@app.command()
-def train_command(
-    train: Optional[str] = typer.Option(None, "--train", help="Training data: CSV/TSV/JSON/JSONL/Parquet, or hub NAME:SPLIT."),
-    eval: Optional[str] = typer.Option(None, "--eval", help="Evaluation data, same formats (evaluated every epoch)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; CLI options override it."),
-    model: Optional[str] = typer.Option(None, "--model", help="Local path or hub id [default: the packaged MiniLM]."),
-    text_column: Optional[str] = typer.Option(None, help="Column holding the text [default: text]."),
-    text_pair_column: Optional[str] = typer.Option(None, help="Optional second text column (sentence pairs)."),
-    label_column: Optional[str] = typer.Option(None, help="Column holding the label (string or int) [default: label]."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory [default: runs/model]."),
-    epochs: Optional[float] = typer.Option(None, help="Training epochs [default: 3]."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (overrides epochs)."),
-    batch_size: Optional[int] = typer.Option(None, help="Examples per step [default: 16]."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate for AdamW [default: 5e-5]."),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay, not on biases/norms [default: 0.01]."),
-    warmup_ratio: Optional[float] = typer.Option(None, help="Fraction of steps of linear warmup [default: 0.1]."),
-    max_length: Optional[int] = typer.Option(None, help="Truncate inputs to this many tokens [default: 128]."),
-    seed: Optional[int] = typer.Option(None, help="Random seed [default: 42]."),
-    kernels: Optional[str] = typer.Option(None, help="auto | triton | torch: loss/attention kernels [default: auto]."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
-) -> None:
+def _option(field: dataclasses.Field) -> inspect.Parameter:
+    hint = typing.get_type_hints(TrainConfig)[field.name]
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    flag = field.name.replace("_", "-")
+    if base is bool:
+        decl = [f"--{flag}/--no-{flag}"]
+    else:
+        decl = [f"--{flag}"] + (["-o"] if field.name == "output" else [])
+    if typing.get_origin(base) is list:
+        base = str  # comma-separated on the command line
+    default = field.default if field.default is not dataclasses.MISSING else None
+    shown = f" (default: {default})" if default not in (None, "") and "(default" not in HELP[field.name] else ""
+    option = typer.Option(None, *decl, help=HELP[field.name] + shown, show_default=False)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[base])
+
+
+def train_command(config: Optional[Path] = None, **options) -> None:
     from .config import load_config
     from .train import train as run_train
 
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "load_config", "run_train")}
-    cfg = load_config(config, overrides)
+    if isinstance(options.get("lora_targets"), str):
+        options["lora_targets"] = [t.strip() for t in options["lora_targets"].split(",") if t.strip()]
+    cfg = load_config(config, options)
     result = run_train(cfg)
-    m = result.metrics
     summary = f"saved {result.output_dir} after {result.steps} steps in {result.train_seconds:.1f}s"
-    if m:
-        summary += f"; eval accuracy {m['accuracy']:.4f}, macro-F1 {m['f1_macro']:.4f}"
+    m = result.metrics
+    shown = [k for k in ("accuracy", "f1_macro", "f1", "perplexity", "rmse") if k in m]
+    summary += "".join(f"; eval {k} {m[k]:.4f}" for k in shown)
     typer.echo(summary)
+
+
+train_command.__signature__ = inspect.Signature(
+    [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                       default=typer.Option(None, "--config", help="YAML file of options; CLI options override it."))]
+    + [_option(f) for f in dataclasses.fields(TrainConfig)])
+
+app = typer.Typer(add_completion=False, help="Fine-tune a pretrained Hugging Face model on labeled text.")
+app.command()(train_command)
 
 
 @report_errors
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -13,51 +13,104 @@ from typing import Any
 
 from .errors import InputError
 
+TASKS = ("sequence-classification", "token-classification", "causal-lm")
+PROBLEM_TYPES = ("single-label", "multi-label", "regression")
 KERNEL_CHOICES = ("auto", "triton", "torch")
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
 class TrainConfig:
+    # data and task
     train: str = ""
     eval: str | None = None
     model: str | None = None  # None: the packaged MiniLM
     task: str = "sequence-classification"
+    problem_type: str = "single-label"  # sequence classification: single-label | multi-label | regression
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    label_separator: str = "|"  # multi-label labels written as "a|b" in CSV/TSV
+    threshold: float = 0.5  # multi-label decision threshold on sigmoid scores
+    max_length: int = 128
+    packing: bool = False  # causal-lm: pack several examples into each row
+    group_by_length: bool = False
     output: str = "runs/model"
+    # optimization
     epochs: float = 3.0
     max_steps: int | None = None
     batch_size: int = 16
+    grad_accum: int = 1
     eval_batch_size: int = 64
     lr: float = 5e-5
     weight_decay: float = 0.01
+    schedule: str = "linear"
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    max_length: int = 128
+    label_smoothing: float = 0.0
+    dropout: float | None = None
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
     seed: int = 42
     kernels: str = "auto"
+    # strategies
+    freeze: str | None = None
+    unfreeze_every: int = 0  # gradual unfreezing: one more layer group from the top every N steps
+    layer_lr_decay: float = 1.0
+    head_lr: float | None = None
+    embedding_lr: float | None = None
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    unsup_weight: float = 0.0  # joint loss L_sup + λ·L_unsup (MLM for encoders, prompt LM for decoders)
+    # evaluation, checkpoints, logs
+    eval_every: int = 0  # steps; 0 = at the end of each epoch
+    best_metric: str | None = None  # keep the best checkpoint by this eval metric
+    patience: int = 0  # early stopping: evaluations without improvement of best_metric
+    save_every: int = 0  # steps between resumable checkpoints; 0 = at each evaluation
+    keep_last: int = 2
+    resume: bool = True
     log_every: int = 10
+    tensorboard: bool = True
+    plots: bool = True
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
         if not self.train:
-            raise InputError("--train is required (a CSV/TSV/JSON/JSONL/Parquet file or a hub dataset name)")
-        positive = {"batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "max_length": self.max_length, "lr": self.lr}
-        for name, value in positive.items():
-            if not value > 0:
-                raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+            raise InputError("--train is required (a data file or a hub dataset NAME:SPLIT)")
+        for name, choices in (("task", TASKS), ("problem_type", PROBLEM_TYPES), ("kernels", KERNEL_CHOICES),
+                              ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise InputError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        for name in ("batch_size", "eval_batch_size", "max_length", "lr", "grad_accum", "keep_last"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm", "unfreeze_every", "eval_every", "save_every", "patience",
+                     "lora_r", "unsup_weight", "label_smoothing"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.epochs <= 0 and not self.max_steps:
             raise InputError("--epochs must be > 0 (or give --max-steps)")
         if self.max_steps is not None and self.max_steps <= 0:
             raise InputError(f"--max-steps must be > 0, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.kernels not in KERNEL_CHOICES:
-            raise InputError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, got {self.kernels!r}")
-        if self.task != "sequence-classification":
-            raise InputError(f"--task {self.task!r} is not supported yet (sequence-classification)")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise InputError(f"--layer-lr-decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.label_smoothing >= 1:
+            raise InputError(f"--label-smoothing must be < 1, got {self.label_smoothing}")
+        if self.patience and not self.best_metric:
+            raise InputError("--patience needs --best-metric (the metric early stopping watches)")
+        if (self.best_metric or self.patience) and not self.eval:
+            raise InputError("--best-metric / --patience need --eval data")
+        if self.packing and self.task != "causal-lm":
+            raise InputError("--packing applies to --task causal-lm only")
+        if self.lora_r and self.freeze:
+            raise InputError("--lora-r and --freeze do not combine: LoRA already freezes the base model")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +118,12 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+# Options that change nothing about the result: a resumed run may differ in these.
+COSMETIC = {"progress", "log_every", "plots", "tensorboard", "resume"}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -73,7 +132,10 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
     if yaml_path is not None:
         values.update(_read_yaml(Path(yaml_path)))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return TrainConfig(**values).validate()
+    try:
+        return TrainConfig(**values).validate()
+    except TypeError as e:  # a YAML value of the wrong shape
+        raise InputError(f"{yaml_path or 'config'}: {e}") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -85,7 +147,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
+        where = f" line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of option: value at the top level")

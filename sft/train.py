@@ -1,13 +1,17 @@
-"""The training recipe for sequence classification, top to bottom.
+"""The training recipe, top to bottom.
 
-read data -> label map -> tokenizer + model -> batches -> AdamW + warmup/decay -> loop (eval each epoch)
--> save an HF checkpoint (safetensors, config with id2label, tokenizer) plus metrics.json, train_log.jsonl
-and the resolved train_config.yaml. The output directory appears only when training has finished: the
-run writes into a sibling temporary directory that is renamed at the end.
+config -> task data (checked before any model loads) -> tokenizer + model -> strategies (dropout,
+checkpointing, freezing, LoRA, kernels) -> batches -> AdamW with per-layer groups + schedule ->
+resume from the last state if there is one -> the loop (accumulate, clip, step, unfreeze, log,
+evaluate, keep the best, stop early, save state) -> the final checkpoint, renamed into place.
+
+The output directory appears only when training has finished. Until then the run lives in
+`.<output>.run/` beside it (resumable states, logs), which is what a rerun of the same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -20,116 +24,195 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .data import Examples, LabelMap, extract_examples, read_table
 from .atomic import check_output_dir, fresh_work_dir, replace_dir, write_json
+from .checkpointing import load_latest, run_dir_for, save_state, set_rng_state
+from .config import COSMETIC, TrainConfig
+from .distributed import Distributed
 from .errors import InputError
-from .metrics import classification_report
 from .models import default_model_path
+from .strategies import GradualUnfreezer, apply_freeze, apply_lora, describe_param_groups, param_groups
+from .tasks import Task, make_task, steps_per_epoch
 
 
 @dataclass
 class TrainResult:
     output_dir: Path
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # the evaluation of the saved model ({} without eval data)
     steps: int
     train_seconds: float
+    final_train_loss: float | None
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     cfg.validate()
     output = Path(cfg.output)
-    check_output_dir(output, marker="train_config.yaml")
-    model_path = cfg.model or default_model_path()
+    dist = Distributed.from_env()
+    if dist.is_main:
+        check_output_dir(output, marker="train_config.yaml")
     seed_everything(cfg.seed)
+    say = print if dist.is_main else (lambda *a, **k: None)
 
-    # Data: read and check everything before the (slow) model load, so bad input fails fast.
-    train_ex = _examples(cfg.train, "train", cfg)
-    labels = LabelMap.from_labels(train_ex.labels)
-    if len(labels.names) < 2:
-        raise InputError(f"{cfg.train}: column {cfg.label_column!r} has a single label "
-                         f"({labels.names[0]!r}); classification needs at least two")
-    train_y = labels.encode(train_ex.labels, train_ex.where, cfg.label_column)
-    eval_ex = _examples(cfg.eval, "eval", cfg) if cfg.eval else None
-    eval_y = labels.encode(eval_ex.labels, eval_ex.where, cfg.label_column) if eval_ex else None
+    task = make_task(cfg)
+    task.load()
+    model_path = cfg.model or (default_model_path() if cfg.task != "causal-lm" else None)
+    if model_path is None:
+        raise InputError("--task causal-lm needs --model (a decoder checkpoint: Llama, Qwen2, Mistral, ...)")
+    tokenizer, model = load_model(model_path, task)
+    train_rows, eval_rows = task.encode(tokenizer)
+    if not train_rows:
+        raise InputError(f"{cfg.train}: no usable training rows after tokenization")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
-    tokenizer, model = load_model(model_path, labels)
-    train_features = encode(tokenizer, train_ex, cfg.max_length)
-    eval_features = encode(tokenizer, eval_ex, cfg.max_length) if eval_ex else None
-    pad_id = tokenizer.pad_token_id or 0
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = dist.device()
+    kernels_backend = _kernels_backend(cfg.kernels, device)
+    model, notes = prepare_model(model, cfg, task, kernels_backend)
+    for line in notes:
+        say(line)
+    unsup = _unsup_objective(cfg, model, tokenizer, model_path)
     model.to(device)
-    steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
-    scheduler = linear_warmup_decay(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    loss_fn = classification_loss(cfg.kernels)
+    if unsup is not None:
+        unsup.to(device)
+    train_model = dist.wrap(model)
 
-    work_dir = fresh_work_dir(output)
-    log = JsonlLog(work_dir / "train_log.jsonl")
-    log.write({"event": "start", "model": model_path, "train_examples": len(train_features),
-               "eval_examples": len(eval_features or []), "labels": labels.names, "total_steps": total_steps,
-               "device": str(device), "kernels": cfg.kernels})
-    metrics: dict[str, Any] = {}
-    batches = shuffled_batches(len(train_features), cfg.batch_size, cfg.seed)
-    t_start = time.perf_counter()
-    seen_examples = seen_tokens = 0
-    running_loss = None
-    try:
-        with _progress(cfg.progress) as progress:
-            task = progress.add_task("train", total=total_steps, loss=float("nan"), rate=0.0)
-            for step in range(1, total_steps + 1):
-                idx = next(batches)
-                batch = collate([train_features[i] for i in idx], pad_id, device)
-                targets = torch.tensor([train_y[i] for i in idx], device=device)
+    spe = steps_per_epoch(len(train_rows), cfg.batch_size, cfg.grad_accum, dist.world)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, layer_lr_decay=cfg.layer_lr_decay,
+                          head_lr=cfg.head_lr, embedding_lr=cfg.embedding_lr)
+    if unsup is not None:
+        groups.append({"params": unsup.head_parameters(), "names": ["mlm head"], "lr": cfg.lr,
+                       "weight_decay": cfg.weight_decay})
+    for line in ["optimizer parameter groups:", *describe_param_groups(groups)]:
+        say(line)
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=cfg.lr,
+                                  fused=device.type == "cuda")
+    scheduler = make_schedule(optimizer, cfg.schedule, int(cfg.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    unfreezer = GradualUnfreezer(model, cfg.unfreeze_every) if cfg.unfreeze_every else None
 
-                model.train()
-                logits = model(**batch).logits
-                loss = loss_fn(logits, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+    # Resume: the last saved state of an earlier run of the same command, if any.
+    run_dir = run_dir_for(output)
+    state = load_latest(run_dir) if cfg.resume else None
+    progress_state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "running_loss": None,
+                      "seen_examples": 0, "seen_tokens": 0, "train_seconds": 0.0, "last_eval": {}}
+    if state is not None:
+        _check_same_run(state["config"], cfg, run_dir)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if unsup is not None:
+            unsup.load_state_dict(state["unsup"])
+        progress_state = state["progress"]
+        set_rng_state(state["rng"])
+        if unfreezer is not None:
+            unfreezer.step(progress_state["step"])
+        say(f"resuming from {run_dir} at step {progress_state['step']}/{total_steps}")
+    elif dist.is_main:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+    dist.barrier()
 
-                loss_value = loss.item()
-                running_loss = loss_value if running_loss is None else 0.9 * running_loss + 0.1 * loss_value
-                seen_examples += len(idx)
-                seen_tokens += int(batch["attention_mask"].sum())
-                elapsed = time.perf_counter() - t_start
-                progress.update(task, advance=1, loss=running_loss, rate=seen_examples / elapsed)
-                if step % cfg.log_every == 0 or step == total_steps:
-                    log.write({"event": "train", "step": step, "epoch": round(step / steps_per_epoch, 3),
-                               "loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                               "examples_per_s": seen_examples / elapsed, "tokens_per_s": seen_tokens / elapsed})
+    log = JsonlLog(run_dir / "train_log.jsonl", enabled=dist.is_main)
+    tb = _tensorboard(run_dir / "tensorboard", cfg.tensorboard and dist.is_main)
+    log.write({"event": "resume" if state else "start", "step": progress_state["step"], "model": model_path,
+               "task": cfg.task, "train_rows": len(train_rows), "eval_rows": len(eval_rows or []),
+               "total_steps": total_steps, "device": str(device), "world_size": dist.world,
+               "kernels": kernels_backend})
+    lengths = [task.length(r) for r in train_rows] if cfg.group_by_length else None
+    order = BatchOrder(len(train_rows), cfg.batch_size * dist.world, cfg.seed, lengths)
+    first_batch = progress_state["step"] * cfg.grad_accum
+    autocast = _autocast(device, cfg.precision)
+    p = progress_state
+    t_resume, seconds_before = time.perf_counter(), p["train_seconds"]
 
-                if eval_features is not None and (step % steps_per_epoch == 0 or step == total_steps):
-                    metrics = evaluate(model, eval_features, eval_y, labels.names, pad_id, device,
-                                       cfg.eval_batch_size, loss_fn)
-                    log.write({"event": "eval", "step": step, "epoch": round(step / steps_per_epoch, 3),
-                               **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}})
-                    progress.console.print(
-                        f"step {step}/{total_steps}  eval loss {metrics['loss']:.4f}  "
-                        f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1_macro']:.4f}")
-        train_seconds = time.perf_counter() - t_start
-        summary = {"steps": total_steps, "train_seconds": round(train_seconds, 2),
-                   "train_examples_per_s": round(seen_examples / train_seconds, 2),
-                   "final_train_loss": running_loss}
-        log.write({"event": "end", **summary})
-        log.close()
-        save_checkpoint(work_dir, model, tokenizer, cfg, {"eval": metrics, "train": summary})
-        replace_dir(work_dir, output)
-    except BaseException:
-        log.close()
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-    return TrainResult(output, metrics, total_steps, train_seconds)
+    with _progress(cfg.progress and dist.is_main) as bar:
+        task_bar = bar.add_task("train", total=total_steps, completed=p["step"], loss=p["running_loss"] or float("nan"),
+                                rate=0.0)
+        for step in range(p["step"] + 1, total_steps + 1):
+            model.train()
+            step_loss = 0.0
+            for micro in range(cfg.grad_accum):
+                idx = order.batch((step - 1) * cfg.grad_accum + micro)[dist.rank::dist.world]
+                batch = task.collate([train_rows[i] for i in idx], pad_id, device)
+                sync = micro == cfg.grad_accum - 1
+                with dist.no_sync(train_model, skip=not sync), autocast:
+                    loss = task.loss(train_model, batch, kernels_backend)
+                    if unsup is not None:
+                        loss = loss + cfg.unsup_weight * _unsup_loss(unsup, task, train_model, batch, kernels_backend)
+                    scaler.scale(loss / cfg.grad_accum).backward()
+                step_loss += loss.item() / cfg.grad_accum
+                p["seen_examples"] += len(idx) * dist.world
+                p["seen_tokens"] += int(batch["attention_mask"].sum()) * dist.world
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if unfreezer is not None and unfreezer.step(step):
+                log.write({"event": "unfreeze", "step": step, "groups_trainable": unfreezer.unfrozen})
 
+            p["step"] = step
+            p["running_loss"] = step_loss if p["running_loss"] is None else 0.9 * p["running_loss"] + 0.1 * step_loss
+            p["last_loss"] = step_loss
+            elapsed = seconds_before + time.perf_counter() - t_resume
+            p["train_seconds"] = elapsed
+            bar.update(task_bar, completed=step, loss=p["running_loss"], rate=p["seen_examples"] / max(elapsed, 1e-9))
+            if step % cfg.log_every == 0 or step == total_steps:
+                record = {"step": step, "epoch": round(step / spe, 3), "loss": step_loss,
+                          "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                          "examples_per_s": p["seen_examples"] / elapsed, "tokens_per_s": p["seen_tokens"] / elapsed}
+                log.write({"event": "train", **record})
+                tb.add_scalar("train/loss", step_loss, step)
+                tb.add_scalar("train/lr", record["lr"], step)
 
-def _examples(spec: str, role: str, cfg: TrainConfig) -> Examples:
-    table = read_table(spec, role=role)
-    return extract_examples(table, cfg.text_column, cfg.label_column, cfg.text_pair_column)
+            eval_due = eval_rows is not None and (
+                (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and step % spe == 0)
+                or step == total_steps)
+            stop_early = False
+            if eval_due:
+                metrics = task.evaluate(model, eval_rows, pad_id, device, cfg.eval_batch_size, kernels_backend)
+                p["last_eval"] = metrics
+                scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                log.write({"event": "eval", "step": step, "epoch": round(step / spe, 3), **scalars})
+                for k, v in scalars.items():
+                    tb.add_scalar(f"eval/{k}", v, step)
+                bar.console.print(f"step {step}/{total_steps}  " + "  ".join(
+                    f"{k} {v:.4f}" for k, v in scalars.items() if k in ("loss", task.default_metric, "accuracy",
+                                                                       "f1", "perplexity", cfg.best_metric)))
+                if cfg.best_metric:
+                    stop_early = _track_best(p, metrics, cfg, task, model, run_dir, dist)
+            save_due = (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and (
+                eval_due or (eval_rows is None and step % spe == 0)))
+            if save_due and step < total_steps and not stop_early and dist.is_main:
+                save_state(run_dir, step, {"config": cfg.to_dict(), "model": model.state_dict(),
+                                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                           "scaler": scaler.state_dict(), "progress": p,
+                                           "unsup": unsup.state_dict() if unsup is not None else None},
+                           cfg.keep_last)
+            dist.barrier()
+            if stop_early:
+                log.write({"event": "early_stop", "step": step, "best_step": p["best_step"]})
+                bar.console.print(f"early stop at step {step}: no {cfg.best_metric} improvement in "
+                                  f"{cfg.patience} evaluations (best at step {p['best_step']})")
+                break
+
+    final_metrics = p["last_eval"]
+    if cfg.best_metric and p["best_step"] is not None:
+        model.load_state_dict(torch.load(run_dir / "best" / "model.pt", map_location=device, weights_only=True))
+        final_metrics = p["best_metrics"]
+    summary = {"steps": p["step"], "train_seconds": round(p["train_seconds"], 2),
+               "train_examples_per_s": round(p["seen_examples"] / max(p["train_seconds"], 1e-9), 2),
+               "final_train_loss": p.get("last_loss"), "best_step": p["best_step"]}
+    log.write({"event": "end", **summary})
+    log.close()
+    tb.close()
+    if dist.is_main:
+        _write_output(output, model, tokenizer, cfg, task, run_dir,
+                      {"eval": final_metrics, "last_eval": p["last_eval"], "train": summary})
+    dist.barrier()
+    dist.close()
+    return TrainResult(output, final_metrics, p["step"], p["train_seconds"], p.get("last_loss"))
 
 
 def seed_everything(seed: int) -> None:
@@ -138,115 +221,216 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model(model_path: str, labels: LabelMap):
+def load_model(model_path: str, task: Task):
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # "newly initialized head" is expected when fine-tuning
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=len(labels.names), id2label=labels.id2label(), label2id=labels.label2id(),
-            problem_type="single_label_classification", ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as e:
-        raise InputError(f"--model {model_path}: cannot load a sequence-classification model "
-                         f"({str(e).splitlines()[0]})") from None
+        model = task.auto_class().from_pretrained(model_path, ignore_mismatched_sizes=True, **task.model_kwargs())
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"--model {model_path}: cannot load it for {task.cfg.task} ({str(e).splitlines()[0]})") from None
     if not tokenizer.is_fast:
         raise InputError(f"--model {model_path}: needs a fast tokenizer (tokenizer.json) for export and serving")
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model
 
 
-def encode(tokenizer, examples: Examples, max_length: int) -> list[dict[str, list[int]]]:
-    """Tokenize once up front (no padding: batches are padded to their own longest row)."""
-    enc = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    return [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+def prepare_model(model, cfg: TrainConfig, task: Task, kernels_backend: str):
+    """Apply the strategies that change the model itself; returns (model, lines to print)."""
+    notes = []
+    if cfg.dropout is not None:
+        _set_dropout(model, cfg.dropout)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if kernels_backend == "triton":
+        from .patch_attention import patch_model
+
+        notes.append(f"kernels: Triton attention patched into {', '.join(patch_model(model, backend='triton'))}")
+    if cfg.freeze:
+        frozen = apply_freeze(model, cfg.freeze)
+        notes.append(f"frozen: {len(frozen)} parameter tensors ({cfg.freeze})")
+    if cfg.lora_r:
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           targets=cfg.lora_targets, task_type=task.peft_task_type)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    notes.append(f"trainable parameters: {trainable:,} of {total:,}")
+    return model, notes
 
 
-def collate(rows: list[dict[str, list[int]]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad a list of tokenized rows to the batch's longest row."""
-    width = max(len(r["input_ids"]) for r in rows)
-    out = {}
-    for key in rows[0]:
-        fill = pad_id if key == "input_ids" else 0
-        out[key] = torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in rows], device=device)
-    return out
+def _set_dropout(model, p: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        for attr in ("dropout_prob", "attention_dropout"):  # attention paths that read a float, not a module
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, p)
 
 
-def shuffled_batches(n: int, batch_size: int, seed: int):
-    """Endless stream of index batches: a fresh permutation each epoch, the last batch may be short."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(n, generator=gen).tolist()
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
+def _kernels_backend(choice: str, device: torch.device) -> str:
+    from kernels import resolve_backend
+
+    try:
+        return resolve_backend(choice, device)
+    except RuntimeError as e:
+        raise InputError(f"--kernels {choice}: {e}") from None
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with no weight decay on biases and normalization weights (all 1-D parameters)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, fused=torch.cuda.is_available())
+def _unsup_objective(cfg, model, tokenizer, model_path):
+    if not cfg.unsup_weight or cfg.task == "causal-lm":
+        return None  # decoders use the prompt tokens of the same batch: no extra module
+    from .unsup import MaskedLMObjective
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return MaskedLMObjective(model_path, base, tokenizer)
 
 
-def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
+def _unsup_loss(unsup, task, model, batch, kernels_backend):
+    if unsup is not None and task.cfg.task != "causal-lm":
+        return unsup(batch)
+    from .unsup import prompt_lm_labels
+
+    return task.loss(model, {**batch, "prompt_labels": prompt_lm_labels(batch)}, kernels_backend,
+                     labels_key="prompt_labels")
+
+
+def _track_best(p, metrics, cfg, task, model, run_dir, dist) -> bool:
+    """Keep the best model by cfg.best_metric; returns True when patience has run out."""
+    if cfg.best_metric not in metrics:
+        raise InputError(f"--best-metric {cfg.best_metric}: not an eval metric of {cfg.task} "
+                         f"({', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))})")
+    value = metrics[cfg.best_metric]
+    if task.better(cfg.best_metric, value, p["best"]):
+        p.update(best=value, best_step=p["step"], bad_evals=0, best_metrics=metrics)
+        if dist.is_main:
+            best = run_dir / "best"
+            best.mkdir(exist_ok=True)
+            torch.save(model.state_dict(), best / "model.pt.tmp")
+            (best / "model.pt.tmp").replace(best / "model.pt")
+        return False
+    p["bad_evals"] += 1
+    return bool(cfg.patience) and p["bad_evals"] >= cfg.patience
+
+
+def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in COSMETIC and saved.get(k) != now[k]]
+    if diff:
+        k = diff[0]
+        raise InputError(f"{run_dir}: an unfinished run with other options ({k}: {saved.get(k)!r} there, "
+                         f"{now[k]!r} now); rerun with the same options, or pass --no-resume to start over")
+
+
+def make_schedule(optimizer, kind: str, warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "constant":
+            return 1.0
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1 - progress)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def classification_loss(kernels_backend: str):
-    """Mean cross-entropy over the batch, through our kernels package (Triton on CUDA, torch elsewhere)."""
-    from kernels import cross_entropy
+class BatchOrder:
+    """Global batches as a pure function of (seed, batch number): a fresh permutation each epoch, so
+    resuming at batch k needs no replay. With lengths, batches group rows of similar length (sorted
+    within mega-batches of 50), and the batches themselves are shuffled."""
 
-    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, targets, backend=kernels_backend, inplace=False)
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: list[int] | None = None):
+        self.n, self.batch_size, self.seed, self.lengths = n, batch_size, seed, lengths
+        self.per_epoch = math.ceil(n / batch_size)
+        self._cache: tuple[int, list[list[int]]] | None = None
 
-    return loss_fn
+    def batch(self, k: int) -> list[int]:
+        epoch, offset = divmod(k, self.per_epoch)
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, self._epoch_batches(epoch))
+        return self._cache[1][offset]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.n, generator=gen).tolist()
+        if self.lengths is not None:
+            mega = self.batch_size * 50
+            order = [i for s in range(0, self.n, mega)
+                     for i in sorted(order[s:s + mega], key=lambda i: -self.lengths[i])]
+        batches = [order[s:s + self.batch_size] for s in range(0, self.n, self.batch_size)]
+        if self.lengths is not None:
+            perm = torch.randperm(len(batches), generator=gen).tolist()
+            batches = [batches[i] for i in perm]
+        return batches
 
 
-@torch.no_grad()
-def evaluate(model, features, y_true, label_names, pad_id, device, batch_size, loss_fn) -> dict[str, Any]:
-    model.eval()
-    preds, total_loss = [], 0.0
-    # Sorting by length keeps padding low; predictions are put back in the original order.
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        logits = model(**collate([features[i] for i in idx], pad_id, device)).logits.float()
-        targets = torch.tensor([y_true[i] for i in idx], device=device)
-        total_loss += loss_fn(logits, targets).item() * len(idx)
-        preds.extend(zip(idx, logits.argmax(-1).tolist()))
-    y_pred = [p for _, p in sorted(preds)]
-    return {"loss": total_loss / len(features), **classification_report(y_true, y_pred, label_names)}
-
-
-def save_checkpoint(directory: Path, model, tokenizer, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
+def _write_output(output: Path, model, tokenizer, cfg: TrainConfig, task: Task, run_dir: Path,
+                  metrics: dict[str, Any]) -> None:
     import yaml
 
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    (directory / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_json(directory / "metrics.json", metrics)
+    work = fresh_work_dir(output)
+    try:
+        if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the base weights
+            model = model.merge_and_unload()
+        model.save_pretrained(work, safe_serialization=True)
+        tokenizer.save_pretrained(work)
+        (work / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_json(work / "metrics.json", metrics)
+        shutil.copy2(run_dir / "train_log.jsonl", work / "train_log.jsonl")
+        if (run_dir / "tensorboard").is_dir():
+            shutil.copytree(run_dir / "tensorboard", work / "tensorboard")
+        if cfg.plots:
+            from .plots import write_plots
+
+            write_plots(work, task.labels.names if task.labels else None)
+        replace_dir(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 class JsonlLog:
-    def __init__(self, path: Path):
-        self._f = path.open("a", encoding="utf-8")
+    def __init__(self, path: Path, enabled: bool = True):
+        self._f = path.open("a", encoding="utf-8") if enabled else None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-        self._f.flush()
+        if self._f is not None:
+            self._f.write(json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n")
+            self._f.flush()
 
     def close(self) -> None:
-        if not self._f.closed:
+        if self._f is not None and not self._f.closed:
             self._f.close()
+
+
+class _NoTensorBoard:
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _tensorboard(directory: Path, enabled: bool):
+    if not enabled:
+        return _NoTensorBoard()
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the tensorboard package is optional
+        return _NoTensorBoard()
+    return SummaryWriter(str(directory))
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _progress(enabled: bool):
