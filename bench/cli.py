@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "runtime": ("bench.runtime", "onnxruntime vs PyTorch throughput on this machine (CPU or GPU)"),
+    "trainer-compare": ("bench.trainer_compare", "sft-train vs transformers.Trainer: same data and hyper-parameters"),
     "kernels-ce": ("bench.kernels_cross_entropy", "fused cross-entropy kernels (GPU)"),
     "kernels-attention": ("bench.kernels_attention", "flash attention kernels (GPU)"),
 }
