@@ -299,7 +299,7 @@ class CausalLM(Task):
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         inputs = {k: batch[k] for k in ("input_ids", "position_ids") if k in batch}
-        inputs["attention_mask"] = self.attention_mask(batch)
+        inputs["attention_mask"] = self.attention_mask(batch, kernels_backend)
         hidden = base.get_decoder()(**inputs).last_hidden_state
         head = base.get_output_embeddings()
         h = hidden[:, :-1].flatten(0, 1)
@@ -307,12 +307,13 @@ class CausalLM(Task):
         return fused_linear_cross_entropy(h, head.weight, y, bias=head.bias, ignore_index=-100,
                                           label_smoothing=self.cfg.label_smoothing, backend=kernels_backend)
 
-    def attention_mask(self, batch):
+    def attention_mask(self, batch, kernels_backend: str = "torch"):
         """Packed rows need block-diagonal causal attention: each packed sequence sees only itself.
 
-        The varlen flash-attention path reads the sequence starts off position_ids; on the other
-        attention paths we pass an explicit 4-D mask (0 = attend, -inf = masked)."""
-        if "seq_lens" not in batch and not self.cfg.packing:
+        Our Triton attention (patched in when kernels_backend is "triton") reads the sequence starts off
+        position_ids and runs varlen; the other attention paths get an explicit 4-D mask
+        (0 = attend, -inf = masked)."""
+        if not self.cfg.packing or kernels_backend == "triton":
             return batch["attention_mask"]
         pos = batch["position_ids"]
         b, s = pos.shape

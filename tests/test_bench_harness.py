@@ -1,0 +1,34 @@
+"""The benchmark harnesses run end to end on CPU with tiny models (their numbers mean nothing here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_train_speed_harness_cpu_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.train_speed", "--cpu-smoke", "--workload", "decoder",
+                           "--arms", "trainer,ours-torch,ours-packed", "--steps", "2", "--warmup", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "train_speed_cpu_smoke.json").read_text())
+    results = {r["arm"]: r for r in record["results"]}
+    assert results["trainer"]["status"] == "ok" and results["ours-torch"]["status"] == "ok"
+    assert results["ours-packed"]["status"] == "skipped: needs CUDA"
+    # Same model, same batches, same optimizer settings: the two arms' losses agree closely.
+    assert abs(results["trainer"]["final_loss"] - results["ours-torch"]["final_loss"]) < 1e-2
+    assert record["environment"]["command"] and record["environment"]["versions"]["torch"]
+
+
+def test_runtime_benchmark(tiny_bundle, tiny_checkpoint, tmp_path):
+    from bench.runtime import run
+
+    result = run(str(tiny_checkpoint), str(tiny_bundle), batch_sizes=[1, 4], seconds=0.2, threads=1,
+                 agreement_file=str(ROOT / "examples" / "demo" / "predict.txt"), out_dir=str(tmp_path))
+    assert [r["batch_size"] for r in result["throughput"]] == [1, 4]
+    assert all(r["ort_texts_per_s"] > 0 and r["torch_texts_per_s"] > 0 for r in result["throughput"])
+    assert result["agreement"]["argmax_agreement"] == 1.0 and result["agreement"]["max_abs_logit_diff"] < 1e-4
+    assert (tmp_path / "runtime_cpu.json").is_file()
