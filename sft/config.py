@@ -159,4 +159,36 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         hints = [difflib.get_close_matches(k, FIELDS, n=1) for k in unknown]
         named = ", ".join(k + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in zip(unknown, hints))
         raise InputError(f"{path}: unknown key {named}")
-    return data
+    return {k: _coerce(path, k, v) for k, v in data.items()}
+
+
+def _coerce(path: Path, key: str, value: Any) -> Any:
+    """YAML reads `1e-4` as a string and `3` as an int: convert to the field's type, or name the key."""
+    import typing
+
+    hint = typing.get_type_hints(TrainConfig)[key]
+    types = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
+    if value is None:
+        return None
+    plain = not isinstance(value, bool)
+    for t in types:
+        if typing.get_origin(t) is list:
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+        elif t is bool and isinstance(value, bool):
+            return value
+        elif t is float and plain and isinstance(value, (int, float, str)):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif t is int and plain and isinstance(value, int):
+            return value
+        elif t is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        elif t is str and plain and isinstance(value, (str, int, float)):
+            return str(value)
+    names = " or ".join("list" if typing.get_origin(t) is list else t.__name__ for t in types)
+    raise InputError(f"{path}: {key}: expected {names}, got {value!r}")

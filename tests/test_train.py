@@ -80,3 +80,22 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, args, fragments):
     proc = run_cli("sft-train", *args, "--output", str(out), "--no-progress")
     assert_clean_error(proc, *fragments)
     assert not out.exists()
+
+
+def test_example_configs_are_valid():
+    from conftest import ROOT
+
+    for path in sorted((ROOT / "examples" / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.train and cfg.output
+
+
+def test_yaml_values_are_coerced_or_named(tmp_path):
+    good = tmp_path / "g.yaml"
+    good.write_text("train: x.csv\nlr: 1e-4\nepochs: 2\nlora_targets: q_proj, v_proj\n")
+    cfg = load_config(good)
+    assert cfg.lr == 1e-4 and cfg.epochs == 2.0 and cfg.lora_targets == ["q_proj", "v_proj"]
+    bad = tmp_path / "b.yaml"
+    bad.write_text("train: x.csv\nbatch_size: 2.5\n")
+    with pytest.raises(InputError, match=r"b.yaml: batch_size: expected int, got 2.5"):
+        load_config(bad)
