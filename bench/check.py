@@ -1,7 +1,7 @@
 """Regression gate on kernel speed, by ratios (never absolute times, which differ by machine).
 
 `sft-bench kernels` runs the kernel benchmarks (the full GPU set on CUDA, the tiny torch-path smoke run
-on CPU) and, with --check, compares every "speedup_vs_<arm>" ratio they report against the committed
+on CPU) and, with --check, compares every speed-up ratio they report (`speedup_vs_<arm>`, `fwd_vs_sdpa`, ...) against the committed
 baseline in bench/baselines/<benchmark>[_cpu_smoke].json: a ratio below --fraction x its baseline fails
 (exit 1), naming the shape and the arm. --update-baseline writes the current ratios as the new baseline.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -21,11 +22,13 @@ from typing import Any
 
 BASELINES = Path(__file__).resolve().parent / "baselines"
 BENCHMARKS = ["kernels_cross_entropy", "kernels_attention"]
-_ID_FIELDS = ("bench", "N", "V", "H", "batch", "seqlen", "S", "heads", "head_dim", "D", "causal", "dtype", "padding")
+_ID_FIELDS = ("bench", "N", "V", "B", "S", "H", "D", "causal", "dtype")
+# Speed-up ratios (other arm's time / ours) as the benchmarks name them; errors are not ratios.
+_RATIO = re.compile(r"^(speedup_vs_\w+|\w*_vs_sdpa\w*)$")
 
 
 def extract_ratios(record: dict[str, Any]) -> dict[str, float]:
-    """Every `speedup_vs_*` number in the record's lists of rows, keyed by section, shape and arm."""
+    """Every speed-up ratio in the record's lists of rows, keyed by section, shape and arm."""
     ratios = {}
     for section, rows in record.items():
         if not isinstance(rows, list):
@@ -35,7 +38,7 @@ def extract_ratios(record: dict[str, Any]) -> dict[str, float]:
                 continue
             shape = ",".join(f"{k}={row[k]}" for k in _ID_FIELDS if k in row)
             for key, value in row.items():
-                if key.startswith("speedup_vs_") and isinstance(value, (int, float)):
+                if _RATIO.match(key) and "err" not in key and isinstance(value, (int, float)):
                     ratios[f"{section}[{shape}].{key}"] = float(value)
     return ratios
 
@@ -58,9 +61,10 @@ def run_benchmarks(out_dir: Path, cpu: bool) -> dict[str, Path]:
         args = ["--cpu-smoke", "--out", str(out_dir)] if cpu else ["--quick", "--out", str(out_dir)]
         module.main(args)
         suffix = "_cpu_smoke" if cpu else ""
-        path = out_dir / f"{name}{suffix}.json"
-        if path.is_file():
-            produced[name + suffix] = path
+        for path in (out_dir / f"{name}{suffix}.json", out_dir / f"{name}.json"):
+            if path.is_file():
+                produced[name + suffix] = path
+                break
     return produced
 
 
@@ -72,12 +76,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baselines", type=Path, default=BASELINES)
     p.add_argument("--update-baseline", action="store_true")
     p.add_argument("--out", type=Path, help="keep the raw JSON here [default: a temporary directory]")
+    p.add_argument("--from", dest="from_dir", type=Path, help="check the JSON of an earlier run instead of running")
     a = p.parse_args(argv)
     import torch
 
     cpu = a.cpu or not torch.cuda.is_available()
-    out = a.out or Path(tempfile.mkdtemp(prefix="sft-bench-kernels-"))
-    produced = run_benchmarks(out, cpu)
+    if a.from_dir:
+        produced = {p.stem: p for p in sorted(a.from_dir.glob("kernels_*.json"))}
+        if cpu:  # the CPU smoke runs are checked against the *_cpu_smoke baselines
+            produced = {(k if k.endswith("_cpu_smoke") else k + "_cpu_smoke"): v for k, v in produced.items()}
+    else:
+        produced = run_benchmarks(a.out or Path(tempfile.mkdtemp(prefix="sft-bench-kernels-")), cpu)
     failures = []
     for name, path in produced.items():
         ratios = extract_ratios(json.loads(path.read_text()))

@@ -12,6 +12,7 @@ Imports only torch and triton (never transformers). Every op takes ``backend="au
 """
 
 from ._backend import resolve_backend, triton_available
+from .attention import flash_attention, flash_attention_padded, pad_input, unpad_input
 from .cross_entropy import CrossEntropyLoss, cross_entropy
 from .fused_linear_cross_entropy import FusedLinearCrossEntropyLoss, fused_linear_cross_entropy
 
@@ -19,7 +20,11 @@ __all__ = [
     "CrossEntropyLoss",
     "FusedLinearCrossEntropyLoss",
     "cross_entropy",
+    "flash_attention",
+    "flash_attention_padded",
     "fused_linear_cross_entropy",
+    "pad_input",
     "resolve_backend",
     "triton_available",
+    "unpad_input",
 ]
