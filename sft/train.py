@@ -137,7 +137,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 sync = micro == cfg.grad_accum - 1
                 with dist.no_sync(train_model, skip=not sync), autocast:
                     loss = task.loss(train_model, batch, kernels_backend)
-                    if unsup is not None:
+                    if cfg.unsup_weight:
                         loss = loss + cfg.unsup_weight * _unsup_loss(unsup, task, train_model, batch, kernels_backend)
                     scaler.scale(loss / cfg.grad_accum).backward()
                 step_loss += loss.item() / cfg.grad_accum
@@ -290,7 +290,7 @@ def _unsup_objective(cfg, model, tokenizer, model_path):
 
 
 def _unsup_loss(unsup, task, model, batch, kernels_backend):
-    if unsup is not None and task.cfg.task != "causal-lm":
+    if unsup is not None:  # encoders: masked-LM through the shared encoder
         return unsup(batch)
     from .unsup import prompt_lm_labels
 

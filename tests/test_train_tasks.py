@@ -99,3 +99,18 @@ def test_alpaca_records_train_a_tiny_llama(tiny_llama, tmp_path):
     losses = [json.loads(x)["loss"] for x in (r.output_dir / "train_log.jsonl").read_text().splitlines()
               if json.loads(x)["event"] == "train"]
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, (losses[:5], losses[-5:])
+
+
+def test_decoder_joint_loss_adds_the_prompt_lm_term(tiny_llama, tmp_path):
+    data = _alpaca(tmp_path / "a.json", 8, 0)
+
+    def first_loss(weight):
+        r = train(load_config(overrides={"task": "causal-lm", "train": str(data), "model": str(tiny_llama),
+                                         "output": str(tmp_path / f"u{weight}"), "max_steps": 1, "batch_size": 8,
+                                         "max_length": 64, "unsup_weight": weight, "log_every": 1,
+                                         "progress": False, "tensorboard": False, "plots": False}))
+        return r.final_train_loss
+
+    # Untrained, the prompt LM term is about as large as the response term: λ = 1 roughly doubles the loss.
+    plain, joint = first_loss(0.0), first_loss(1.0)
+    assert 1.5 * plain < joint < 2.5 * plain
