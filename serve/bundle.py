@@ -1,4 +1,8 @@
-"""A serving bundle on disk: manifest.json, model.onnx, tokenizer.json, config.json."""
+"""A serving bundle on disk: manifest.json, model.onnx, tokenizer.json, config.json.
+
+The manifest says which task the graph does: "text-classification", "token-classification" or
+"text-generation-with-past" (a causal LM whose graph takes and returns past key/values).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from typing import Any
 from .errors import ServeError
 
 SUPPORTED_FORMAT = 1
-SUPPORTED_TASKS = ("text-classification",)
+CLASSIFICATION_TASKS = ("text-classification", "token-classification")
+GENERATION_TASK = "text-generation-with-past"
+SUPPORTED_TASKS = (*CLASSIFICATION_TASKS, GENERATION_TASK)
+GENERATION_INT_FIELDS = ("eos_token_id", "num_layers", "num_key_value_heads", "head_dim")
 
 
 @dataclass
@@ -25,11 +32,23 @@ class Bundle:
 
     @property
     def labels(self) -> list[str]:
-        return self.manifest["labels"]
+        return self.manifest.get("labels") or []
 
     @property
     def max_length(self) -> int:
         return int(self.manifest["max_length"])
+
+    @property
+    def multi_label(self) -> bool:
+        return self.manifest.get("problem_type") == "multi_label_classification"
+
+    @property
+    def pad_token(self) -> str | None:
+        return self.manifest.get("pad_token")
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        return self.manifest.get("generation") or {}
 
     @property
     def model_file(self) -> Path:
@@ -42,6 +61,14 @@ class Bundle:
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Read and check a bundle; with verify, every file's sha256 must match the manifest."""
+    bundle = read_manifest(path)
+    if verify:
+        verify_files(bundle)
+    return bundle
+
+
+def read_manifest(path: str | Path) -> Bundle:
+    """Parse and check manifest.json and that the files it lists exist (no hashing)."""
     path = Path(path)
     manifest_path = path / "manifest.json"
     if not path.is_dir():
@@ -54,21 +81,57 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         raise ServeError(f"{manifest_path}: malformed JSON ({e})") from None
     if not isinstance(manifest, dict):
         raise ServeError(f"{manifest_path}: expected a JSON object")
-    for key in ("format", "task", "labels", "max_length", "sha256"):
-        if key not in manifest:
-            raise ServeError(f"{manifest_path}: missing field {key!r}")
-    if manifest["format"] != SUPPORTED_FORMAT:
-        raise ServeError(f"{manifest_path}: bundle format {manifest['format']!r} is not supported "
-                         f"(this version reads format {SUPPORTED_FORMAT})")
-    if manifest["task"] not in SUPPORTED_TASKS:
-        raise ServeError(f"{manifest_path}: task {manifest['task']!r} is not supported ({', '.join(SUPPORTED_TASKS)})")
-    for name, digest in manifest["sha256"].items():
-        f = path / name
-        if not f.is_file():
-            raise ServeError(f"{f}: listed in manifest.json but missing")
-        if verify and sha256_file(f) != digest:
-            raise ServeError(f"{f}: sha256 does not match manifest.json (file changed or corrupted)")
+    _check_manifest(manifest_path, manifest)
+    for name in manifest["sha256"]:
+        if not (path / name).is_file():
+            raise ServeError(f"{path / name}: listed in manifest.json but missing")
+    for name in ("model.onnx", "tokenizer.json"):
+        if not (path / name).is_file():
+            raise ServeError(f"{path / name}: missing from the bundle")
     return Bundle(path, manifest)
+
+
+def _check_manifest(where: Path, m: dict[str, Any]) -> None:
+    for key in ("format", "task", "max_length", "sha256"):
+        if key not in m:
+            raise ServeError(f"{where}: missing field {key!r}")
+    if m["format"] != SUPPORTED_FORMAT:
+        raise ServeError(f"{where}: bundle format {m['format']!r} is not supported "
+                         f"(this version reads format {SUPPORTED_FORMAT})")
+    if m["task"] not in SUPPORTED_TASKS:
+        raise ServeError(f"{where}: field 'task': {m['task']!r} is not supported "
+                         f"({', '.join(SUPPORTED_TASKS)})")
+    if not _positive_int(m["max_length"]):
+        raise ServeError(f"{where}: field 'max_length' must be a positive integer, got {m['max_length']!r}")
+    if not isinstance(m["sha256"], dict) or not all(isinstance(v, str) for v in m["sha256"].values()):
+        raise ServeError(f"{where}: field 'sha256' must map file names to hex digests")
+    if m["task"] in CLASSIFICATION_TASKS:
+        labels = m.get("labels")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            raise ServeError(f"{where}: field 'labels' must be a non-empty list of strings for {m['task']}")
+    if m["task"] == GENERATION_TASK:
+        gen = m.get("generation")
+        if not isinstance(gen, dict):
+            raise ServeError(f"{where}: field 'generation' (an object) is required for {GENERATION_TASK}")
+        for key in GENERATION_INT_FIELDS:
+            if not isinstance(gen.get(key), int) or isinstance(gen.get(key), bool) or gen[key] < 0:
+                raise ServeError(f"{where}: field 'generation.{key}' must be a non-negative integer, "
+                                 f"got {gen.get(key)!r}")
+        for key in ("bos_token_id", "pad_token_id"):
+            value = gen.get(key)
+            if value is not None and not (type(value) is int and value >= 0):
+                raise ServeError(f"{where}: field 'generation.{key}' must be a non-negative integer or null")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def verify_files(bundle: Bundle) -> None:
+    for name, digest in bundle.manifest["sha256"].items():
+        f = bundle.path / name
+        if sha256_file(f) != digest:
+            raise ServeError(f"{f}: sha256 does not match manifest.json (file changed or corrupted)")
 
 
 def sha256_file(path: Path) -> str:

@@ -1,0 +1,267 @@
+"""Load test: sft-serve against a FastAPI + uvicorn + transformers.pipeline server on the same checkpoint.
+
+For each server: cold start (process start -> first 200 on POST /predict), then closed-loop clients
+(each sends one single-sentence request, waits for the answer, sends the next) at each concurrency level,
+bounded by a request count and a time limit; throughput, p50/p95/p99 latency, errors; peak RSS of the
+server process from /proc; and for sft-serve a soak (many requests at the highest concurrency, RSS
+sampled throughout). Traffic goes to loopback only.
+
+    python -m bench.load BUNDLE CHECKPOINT [--clients 1,8,32,64] [--seconds 10] [--soak 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .common import print_table, write_json
+from .runtime import read_texts
+
+HOST = "127.0.0.1"  # the only address this tool ever sends to
+REQUEST_TIMEOUT_S = 30.0
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the status and body."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {k.strip().lower(): v.strip() for k, _,
+                   v in (line.partition(":") for line in lines[1:] if line)}
+        await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def run_level(port: int, bodies: list[bytes], clients: int, max_requests: int, seconds: float,
+                    rss_pid: int | None = None) -> dict:
+    """Closed-loop load: `clients` connections, until `max_requests` are sent or `seconds` pass."""
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    rss: list[int] = []
+    sent = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal sent
+        conn = Connection(port)
+        while sent < max_requests and time.perf_counter() < deadline:
+            body = bodies[(sent * 7 + k) % len(bodies)]
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                status = await asyncio.wait_for(conn.post("/predict", body), REQUEST_TIMEOUT_S)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
+                status = type(e).__name__
+                conn.close()
+            latencies.append(time.perf_counter() - t0)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+        conn.close()
+
+    async def sample_rss() -> None:
+        while True:
+            rss.append(rss_kb(rss_pid))
+            await asyncio.sleep(0.25)
+
+    sampler = asyncio.create_task(sample_rss()) if rss_pid else None
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    elapsed = time.perf_counter() - t0
+    if sampler:
+        sampler.cancel()
+    ok = statuses.get("200", 0)
+    ordered = sorted(latencies)
+    return {"clients": clients, "requests": len(latencies), "ok": ok, "errors": len(latencies) - ok,
+            "statuses": statuses, "seconds": elapsed, "throughput_rps": ok / elapsed,
+            "p50_ms": _quantile(ordered, 0.50) * 1e3, "p95_ms": _quantile(ordered, 0.95) * 1e3,
+            "p99_ms": _quantile(ordered, 0.99) * 1e3, **({"rss_kb_samples": rss} if rss_pid else {})}
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else float("nan")
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no {field}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], port: int, first_body: bytes, timeout_s: float = 180.0,
+                 log=subprocess.DEVNULL) -> tuple[subprocess.Popen, float]:
+    """Start the server; return it and the seconds from process start to its first 200 on /predict."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+
+    async def first_ok() -> None:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
+            conn = Connection(port)
+            try:
+                if await conn.post("/predict", first_body) == 200:
+                    return
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                pass
+            finally:
+                conn.close()
+            if time.perf_counter() - t0 > timeout_s:
+                raise RuntimeError(f"server not answering after {timeout_s:.0f}s: {' '.join(cmd)}")
+            await asyncio.sleep(0.002)
+
+    try:
+        asyncio.run(first_ok())
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, time.perf_counter() - t0
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def bench_server(name: str, cmd: list[str], port: int, bodies: list[bytes], levels: list[int], *,
+                 seconds: float, max_requests: int, soak: int, cold_starts: int) -> dict:
+    colds = []
+    for _ in range(cold_starts - 1):  # extra cold starts, measured and stopped at once
+        proc, cold = start_server(cmd, port, bodies[0])
+        colds.append(cold)
+        stop_server(proc)
+    proc, cold = start_server(cmd, port, bodies[0])
+    colds.append(cold)
+    result: dict = {"server": name, "command": cmd, "load_average_before": os.getloadavg(),
+                    "cold_start_s": sorted(colds)[len(colds) // 2],
+                    "cold_start_all_s": colds, "rss_after_start_kb": rss_kb(proc.pid), "levels": []}
+    try:
+        asyncio.run(run_level(port, bodies, 8, 200, 30))  # warm-up, not reported
+        for clients in levels:
+            level = asyncio.run(run_level(port, bodies, clients, max_requests, seconds))
+            result["levels"].append(level)
+            print(f"  {name} {clients:>3} clients: {level['throughput_rps']:.0f} req/s, "
+                  f"p99 {level['p99_ms']:.1f} ms, errors {level['errors']}", flush=True)
+        if soak:
+            level = asyncio.run(run_level(port, bodies, max(levels), soak, 3600, rss_pid=proc.pid))
+            samples = level.pop("rss_kb_samples")
+            tenth = max(1, len(samples) // 10)
+            level.update(rss_first_tenth_kb=max(samples[:tenth]), rss_last_tenth_kb=max(samples[-tenth:]),
+                         rss_max_kb=max(samples))
+            result["soak"] = level
+            print(f"  {name} soak: {level['ok']}/{level['requests']} ok, "
+                  f"RSS {level['rss_first_tenth_kb']} -> "
+                  f"{level['rss_last_tenth_kb']} kB", flush=True)
+        result["peak_rss_kb"] = rss_kb(proc.pid, "VmHWM")
+        result["load_average_after"] = os.getloadavg()
+    finally:
+        result["exit_code_after_sigterm"] = stop_server(proc)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle", help="bundle served by sft-serve")
+    p.add_argument("checkpoint", help="the same model as a checkpoint, for the baseline")
+    p.add_argument("--clients", default="1,8,32,64", help="concurrency levels")
+    p.add_argument("--seconds", type=float, default=10.0, help="time limit per level")
+    p.add_argument("--requests", type=int, default=20000, help="request limit per level")
+    p.add_argument("--soak", type=int, default=10000, help="requests at the highest level for the RSS soak "
+                                                           "(sft-serve only; 0: none)")
+    p.add_argument("--cold-starts", type=int, default=3,
+                   help="cold starts per server (the median is reported)")
+    p.add_argument("--texts", help="file of texts (one per line, or a GLUE .tsv) [default: demo eval texts]")
+    p.add_argument("--servers", default="sft-serve,baseline")
+    p.add_argument("--serve-args", default="", help="extra arguments for sft-serve")
+    p.add_argument("--out", help="directory for the JSON [default: bench/results]; --no-write to skip")
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server under test
+    levels = [int(x) for x in a.clients.split(",")]
+    bodies = [json.dumps({"inputs": t}).encode() for t in read_texts(a.texts)]
+    bin_dir = Path(sys.executable).parent
+    results = []
+    for name in a.servers.split(","):
+        port = free_port()
+        if name == "sft-serve":
+            cmd = [str(bin_dir / "sft-serve"), a.bundle, "--host", HOST, "--port", str(port),
+                   *a.serve_args.split()]
+        elif name == "baseline":
+            cmd = [sys.executable, "-m", "bench.baseline_server", a.checkpoint, "--port", str(port)]
+        else:
+            raise SystemExit(f"error: unknown server {name!r} (sft-serve, baseline)")
+        print(f"{name}: {' '.join(cmd)}  (load average {os.getloadavg()[0]:.1f})", flush=True)
+        results.append(bench_server(name, cmd, port, bodies, levels, seconds=a.seconds,
+                                    max_requests=a.requests,
+                                    soak=a.soak if name == "sft-serve" else 0, cold_starts=a.cold_starts))
+    rows = [{"server": r["server"], "clients": lv["clients"], "requests": lv["requests"],
+             "errors": lv["errors"],
+             "req_per_s": lv["throughput_rps"], "p50_ms": lv["p50_ms"], "p95_ms": lv["p95_ms"],
+             "p99_ms": lv["p99_ms"]}
+            for r in results for lv in r["levels"]]
+    print()
+    print_table(rows, ["server", "clients", "requests", "errors", "req_per_s", "p50_ms", "p95_ms", "p99_ms"])
+    print()
+    print_table([{"server": r["server"], "load_avg": f"{r['load_average_before'][0]:.1f} -> "
+                                                  f"{r.get('load_average_after', [float('nan')])[0]:.1f}",
+                  "cold_start_s": r["cold_start_s"], "peak_rss_mb": r["peak_rss_kb"] / 1024,
+                  "soak": f"{r['soak']['ok']}/{r['soak']['requests']} ok" if "soak" in r else "",
+                  "soak_rss_mb": (f"{r['soak']['rss_first_tenth_kb'] / 1024:.0f} -> "
+                                  f"{r['soak']['rss_last_tenth_kb'] / 1024:.0f}") if "soak" in r else ""}
+                 for r in results],
+                 ["server", "load_avg", "cold_start_s", "peak_rss_mb", "soak", "soak_rss_mb"])
+    by_name = {r["server"]: r for r in results}
+    summary = {}
+    if "sft-serve" in by_name and "baseline" in by_name:
+        for ours, theirs in zip(by_name["sft-serve"]["levels"], by_name["baseline"]["levels"]):
+            summary[f"speedup_at_{ours['clients']}"] = ours["throughput_rps"] / max(theirs["throughput_rps"],
+                                                                                    1e-9)
+        print("\nthroughput ratio sft-serve / baseline: "
+              + ", ".join(f"{k.split('_')[-1]} clients {v:.1f}x" for k, v in summary.items()))
+    if not a.no_write:
+        path = write_json("serve_load", {"bundle": a.bundle, "checkpoint": a.checkpoint, "levels": levels,
+                                         "seconds_per_level": a.seconds, "requests_per_level": a.requests,
+                                         "cpu_count": os.cpu_count(), "results": results, "summary": summary},
+                          Path(a.out) if a.out else None)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
