@@ -1,207 +1,223 @@
-"""Checkpoint -> ONNX serving bundle, through Optimum, validated against PyTorch.
+"""Checkpoint -> validated ONNX serving bundle, through Optimum.
 
-Steps: check the checkpoint -> `optimum.exporters.onnx.main_export` into a temporary directory ->
-assemble the bundle (model.onnx, tokenizer.json, config.json, manifest.json) -> run the bundle exactly
-as `serve` runs it (onnxruntime + tokenizers) and the checkpoint in PyTorch on the same texts -> fail if
-the largest |logit difference| exceeds `atol` (Optimum itself only warns) -> rename into place.
+Steps: check the inputs (checkpoint, options, eval file, output paths) before loading anything -> merge a
+LoRA adapter -> `main_export` -> optional ORTOptimizer pass -> validate that fp32 graph against PyTorch
+(over --atol fails) -> optional int8 quantization -> optional accuracy report (fails when int8 loses more
+than --max-accuracy-drop) -> assemble the bundle and the Triton entry in work directories -> rename both
+into place. Any failure removes every work directory: no partial bundle is left behind.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sft.atomic import check_output_dir, fresh_work_dir, replace_dir, write_json
-from serve.bundle import sha256_file
 from sft.errors import InputError
 
-BUNDLE_FORMAT = 1
-SUPPORTED_ARCHITECTURE_SUFFIXES = {"ForSequenceClassification": "text-classification"}
+from .checkpoint import Checkpoint, check_exportable, inspect_checkpoint, max_length_of
+from .convert import (QUANTIZATIONS, check_optimization_level, cpu_instruction_set, export_with_optimum,
+                      merge_lora, optimize_graph, quantize_int8)
+from .manifest import build_manifest, seal
+from .validate import OutputDiff, ValidationError, check_tolerance, compare, validation_texts
 
-# Texts of varied length and content used for validation when no eval file is given.
-VALIDATION_TEXTS = [
-    "ok",
-    "The package arrived two days late and the box was damaged.",
-    "I was charged twice this month, please refund one of the payments!",
-    "After the last update the app crashes whenever I open the settings screen on my phone.",
-    "Great service, thanks a lot.",
-    "Why?",
-    "Numbers 12345 and symbols #@! mixed with UPPER and lower case words, plus émojis 🙂 and accents.",
-    " ".join(["a long input that must be truncated at the bundle's maximum length"] * 40),
-]
-
-
-class ValidationError(InputError):
-    """The exported model disagrees with PyTorch beyond the tolerance."""
-
-    exit_code = 1
+FP32_KEPT_NAME = "model_fp32.onnx"
 
 
 @dataclass
 class ExportReport:
     bundle_dir: Path
-    max_abs_diff: float
+    max_abs_diff: float  # of the fp32 graph, the one held to --atol
     num_samples: int
     manifest: dict[str, Any]
+    diffs: list[OutputDiff] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)  # PyTorch / ONNX variants: file, size, metric
+    metric: str | None = None
+    triton_dir: Path | None = None
 
 
 def export_onnx(checkpoint: str | Path, output: str | Path, *, atol: float = 1e-4, opset: int | None = None,
-                max_length: int | None = None, validation_texts: list[str] | None = None) -> ExportReport:
-    checkpoint, output = Path(checkpoint), Path(output)
-    config = read_checkpoint(checkpoint)
-    task = checkpoint_task(checkpoint, config)
-    max_length = max_length or checkpoint_max_length(checkpoint)
-    check_output_dir(output, marker="manifest.json")
-    work = fresh_work_dir(output)
-    try:
-        onnx_path = _run_optimum(checkpoint, work / "optimum", task, opset)
-        os.replace(onnx_path, work / "model.onnx")
-        shutil.rmtree(work / "optimum")
-        shutil.copy2(checkpoint / "tokenizer.json", work / "tokenizer.json")
-        shutil.copy2(checkpoint / "config.json", work / "config.json")
-        manifest = build_manifest(work, checkpoint, config, task, max_length)
-        write_json(work / "manifest.json", manifest)
+                max_length: int | None = None, validation_texts: list[str] | None = None, task: str | None = None,
+                optimize: str | None = None, quantize: str | None = None, eval_file: str | Path | None = None,
+                text_column: str | None = None, label_column: str | None = None, max_accuracy_drop: float = 1.0,
+                triton_repo: str | Path | None = None, keep_fp32: bool = False,
+                progress: Callable[[str], None] | None = None) -> ExportReport:
+    say = progress or (lambda message: None)
+    output = Path(output)
+    _check_options(atol, opset, optimize, quantize, max_accuracy_drop)
+    ckpt = inspect_checkpoint(checkpoint, task)
+    max_length = max_length or max_length_of(ckpt)
+    eval_set = None
+    if eval_file is not None:
+        from .accuracy import read_eval_set
 
-        texts = validation_texts or VALIDATION_TEXTS
-        max_diff = max_abs_logit_diff(checkpoint, work, texts, max_length)
-        manifest["validation"] = {"max_abs_diff": max_diff, "atol": atol, "num_samples": len(texts)}
-        write_json(work / "manifest.json", manifest)
-        if not max_diff <= atol:  # NaN fails too
-            raise ValidationError(f"{checkpoint}: ONNX and PyTorch logits differ by {max_diff:.3g} "
-                                  f"> --atol {atol:g} on {len(texts)} texts; no bundle written")
+        eval_set = read_eval_set(eval_file, ckpt, text_column, label_column)
+    check_output_dir(output, marker="manifest.json")
+    triton_name = None
+    if triton_repo is not None:
+        from .triton import check_repo, model_name
+
+        triton_name = model_name(output)
+        check_repo(Path(triton_repo), triton_name)
+    check_exportable(ckpt)
+
+    work = _work_dir(output, fresh_work_dir)
+    scratch = triton_work = None
+    try:
+        scratch = _work_dir(output, lambda o: fresh_work_dir(o.with_name(o.name + ".scratch")))
+        report = _build(ckpt, work, scratch, say, atol=atol, opset=opset, max_length=max_length,
+                        texts=validation_texts, optimize=optimize, quantize=quantize, eval_set=eval_set,
+                        max_accuracy_drop=max_accuracy_drop, keep_fp32=keep_fp32)
+        if triton_name is not None:
+            from .triton import build_entry
+
+            triton_work = build_entry(Path(triton_repo), triton_name, work / "model.onnx", report.manifest["labels"])
         replace_dir(work, output)
+        report.bundle_dir = output
+        if triton_work is not None:
+            report.triton_dir = Path(triton_repo) / triton_name
+            replace_dir(triton_work, report.triton_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        if triton_work is not None:
+            shutil.rmtree(triton_work, ignore_errors=True)
         raise
-    return ExportReport(output, max_diff, len(texts), manifest)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return report
 
 
-def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
-    if not checkpoint.exists():
-        raise InputError(f"{checkpoint}: checkpoint directory not found")
-    if not checkpoint.is_dir():
-        raise InputError(f"{checkpoint}: not a directory (expected an sft-train / Hugging Face checkpoint)")
-    config_path = checkpoint / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"{checkpoint}: not a checkpoint (no config.json)")
+def _check_options(atol: float, opset: int | None, optimize: str | None, quantize: str | None,
+                   max_accuracy_drop: float) -> None:
+    if not atol >= 0:
+        raise InputError(f"--atol {atol}: must be >= 0")
+    if opset is not None and not 11 <= opset <= 25:
+        raise InputError(f"--opset {opset}: choose an ONNX opset between 11 and 25")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise InputError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)}")
+    if not max_accuracy_drop >= 0:
+        raise InputError(f"--max-accuracy-drop {max_accuracy_drop}: must be >= 0 (points)")
+    if quantize and optimize == "O4":
+        raise InputError("--quantize int8 with --optimize O4: O4 makes an fp16 graph; quantize an O1-O3 one")
+    check_optimization_level(optimize)
+
+
+def _work_dir(output: Path, make: Callable[[Path], Path]) -> Path:
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{config_path}: malformed JSON ({e})") from None
-    if not any((checkpoint / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
-                                                      "pytorch_model.bin")):
-        raise InputError(f"{checkpoint}: no model weights (model.safetensors)")
-    if not (checkpoint / "tokenizer.json").is_file():
-        raise InputError(f"{checkpoint}: no tokenizer.json (a fast tokenizer is needed for serving)")
-    return config
+        return make(output)
+    except OSError as e:
+        raise InputError(f"--output {output}: cannot write next to it ({e.strerror})") from None
 
 
-def checkpoint_task(checkpoint: Path, config: dict[str, Any]) -> str:
-    for arch in config.get("architectures") or []:
-        for suffix, task in SUPPORTED_ARCHITECTURE_SUFFIXES.items():
-            if arch.endswith(suffix):
-                return task
-    raise InputError(f"{checkpoint}/config.json: architectures {config.get('architectures')} are not supported "
-                     f"(supported: *{', *'.join(SUPPORTED_ARCHITECTURE_SUFFIXES)})")
+def _build(ckpt: Checkpoint, work: Path, scratch: Path, say: Callable[[str], None], *, atol: float,
+           opset: int | None, max_length: int, texts: list[str] | None, optimize: str | None,
+           quantize: str | None, eval_set, max_accuracy_drop: float, keep_fp32: bool) -> ExportReport:
+    from .runners import TorchModel
+
+    task = ckpt.task
+    model_dir = ckpt.path
+    if ckpt.is_lora:
+        say(f"merging LoRA adapter {ckpt.path} into {ckpt.base}")
+        model_dir = merge_lora(ckpt, scratch / "merged")
+    say(f"exporting {task} with Optimum (opset {opset or 'default'})")
+    export_with_optimum(model_dir, scratch / "optimum", task, opset)
+    source = scratch / "optimum"
+    if optimize:
+        say(f"optimizing the graph ({optimize})")
+        optimize_graph(source, optimize, scratch / "optimized")
+        source = scratch / "optimized"
+
+    fp32 = _variant(scratch / "fp32", source / "model.onnx", model_dir, ckpt, task, max_length)
+    reference = TorchModel(model_dir, task, max_length)
+    texts = texts or validation_texts(model_dir / "tokenizer.json", eval_set.texts if eval_set else None, max_length)
+    say(f"validating against PyTorch on {len(texts)} texts")
+    diffs = compare(task, reference, fp32, texts)
+    check_tolerance(diffs, atol, str(ckpt.path), len(texts))
+    validation: dict[str, Any] = {
+        "atol": atol, "num_samples": len(texts), "inputs": "eval-file sample" if eval_set else "generated",
+        "max_abs_diff": max(d.max_abs for d in diffs), "outputs": {d.name: d.as_dict() for d in diffs}}
+
+    final = fp32
+    quantization = None
+    if quantize:
+        isa = cpu_instruction_set()
+        say(f"quantizing to int8 (dynamic, per-channel, {isa})")
+        quantize_int8(fp32, scratch / "int8-optimum", isa)
+        final = _variant(scratch / "int8", scratch / "int8-optimum" / "model.onnx", model_dir, ckpt, task, max_length)
+        quantization = {"dtype": "int8", "method": "dynamic", "per_channel": True, "instruction_set": isa}
+        int8_diffs = compare(task, reference, final, texts)
+        validation["int8"] = {"max_abs_diff": max(d.max_abs for d in int8_diffs),
+                              "outputs": {d.name: d.as_dict() for d in int8_diffs},
+                              "note": "reported, not held to --atol; int8 is judged by the accuracy report"}
+
+    models = _model_rows(model_dir, fp32, final if quantize else None, optimize, keep_fp32)
+    if eval_set is not None:
+        variants = [None, fp32, final] if quantize else [None, fp32]
+        _score_models(models, variants, eval_set, reference, say)
+        if quantize:
+            _check_accuracy_drop(models, eval_set, max_accuracy_drop)
+
+    for name in ("tokenizer.json", "config.json", "generation_config.json"):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, work / name)
+    shutil.copy2(final / "model.onnx", work / "model.onnx")
+    if quantize and keep_fp32:
+        shutil.copy2(fp32 / "model.onnx", work / FP32_KEPT_NAME)
+    manifest = build_manifest(work, ckpt, task, max_length)
+    manifest.update(optimization={"level": optimize} if optimize else None, quantization=quantization,
+                    validation=validation)
+    if eval_set is not None:
+        manifest["accuracy"] = {"eval_file": str(eval_set.path), "metric": eval_set.metric, "examples": len(eval_set),
+                                "models": models, "max_accuracy_drop_points": max_accuracy_drop if quantize else None}
+    seal(work, manifest)
+    return ExportReport(work, validation["max_abs_diff"], len(texts), manifest, diffs, models,
+                        eval_set.metric if eval_set else None)
 
 
-def checkpoint_max_length(checkpoint: Path) -> int:
-    """The max_length the model was trained with (train_config.yaml), else the tokenizer's, capped at 512."""
-    import yaml
-
-    train_cfg = checkpoint / "train_config.yaml"
-    if train_cfg.is_file():
-        value = (yaml.safe_load(train_cfg.read_text()) or {}).get("max_length")
-        if isinstance(value, int) and value > 0:
-            return value
-    tok_cfg = checkpoint / "tokenizer_config.json"
-    if tok_cfg.is_file():
-        value = json.loads(tok_cfg.read_text()).get("model_max_length")
-        if isinstance(value, int) and value > 0:
-            return min(value, 512)
-    return 512
+def _variant(directory: Path, onnx_file: Path, model_dir: Path, ckpt: Checkpoint, task: str, max_length: int) -> Path:
+    """A bundle-shaped directory for one ONNX file, so serve's runtime can load it for validation."""
+    directory.mkdir()
+    os.replace(onnx_file, directory / "model.onnx")
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy2(model_dir / name, directory / name)
+    manifest = build_manifest(directory, ckpt, task, max_length)
+    write_json(directory / "manifest.json", {**manifest, "sha256": {}})
+    return directory
 
 
-def _run_optimum(checkpoint: Path, out_dir: Path, task: str, opset: int | None) -> Path:
-    import logging
-    import warnings
-
-    from optimum.exporters.onnx import main_export
-
-    logging.getLogger("optimum").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about constants are expected for these graphs
-            main_export(str(checkpoint), output=out_dir, task=task, opset=opset, do_validation=False,
-                        local_files_only=True, library_name="transformers")
-    except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"{checkpoint}: Optimum could not export it ({str(e).splitlines()[0]})") from None
-    onnx_path = out_dir / "model.onnx"
-    if not onnx_path.is_file():
-        raise InputError(f"{checkpoint}: Optimum wrote no model.onnx")
-    return onnx_path
+def _model_rows(model_dir: Path, fp32: Path, int8: Path | None, optimize: str | None,
+                keep_fp32: bool) -> list[dict[str, Any]]:
+    """PyTorch, ONNX fp32 (optimized or not) and ONNX int8: the file each lives in and its size."""
+    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
+    rows = [{"model": "PyTorch", "file": ", ".join(w.name for w in weights),
+             "size_bytes": sum(w.stat().st_size for w in weights)},
+            {"model": "ONNX fp32" + (f" {optimize}" if optimize else ""),
+             "file": "model.onnx" if int8 is None else FP32_KEPT_NAME if keep_fp32 else "(not kept)",
+             "size_bytes": (fp32 / "model.onnx").stat().st_size}]
+    if int8 is not None:
+        rows.append({"model": "ONNX int8", "file": "model.onnx", "size_bytes": (int8 / "model.onnx").stat().st_size})
+    return rows
 
 
-def build_manifest(bundle: Path, checkpoint: Path, config: dict[str, Any], task: str, max_length: int) -> dict:
-    import onnx
+def _score_models(models: list[dict[str, Any]], variants: list[Path | None], eval_set, reference,
+                  say: Callable[[str], None]) -> None:
+    from .accuracy import score_onnx, score_torch
 
-    model = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    tokenizer = json.loads((bundle / "tokenizer.json").read_text(encoding="utf-8"))
-    pad = (tokenizer.get("padding") or {})
-    tok_cfg_path = checkpoint / "tokenizer_config.json"
-    tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
-    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
-    return {
-        "format": BUNDLE_FORMAT,
-        "task": task,
-        "problem_type": config.get("problem_type") or "single_label_classification",
-        "model_type": config.get("model_type"),
-        "labels": [id2label[i] for i in sorted(id2label)],
-        "max_length": max_length,
-        "pad_token": tok_cfg.get("pad_token") or pad.get("pad_token") or "[PAD]",
-        "opset": opset,
-        "inputs": [i.name for i in model.graph.input],
-        "outputs": [o.name for o in model.graph.output],
-        "source_checkpoint": str(checkpoint.resolve()),
-        "versions": _versions(),
-        "sha256": {name: sha256_file(bundle / name) for name in ("model.onnx", "tokenizer.json", "config.json")},
-    }
+    for row, variant in zip(models, variants):
+        say(f"scoring {row['model']} on {len(eval_set)} examples of {eval_set.path}")
+        row[eval_set.metric] = (score_torch(eval_set, reference) if variant is None
+                                else score_onnx(eval_set, reference, variant))
 
 
-def max_abs_logit_diff(checkpoint: Path, bundle: Path, texts: list[str], max_length: int) -> float:
-    """Largest |ORT - PyTorch| logit over `texts`: ORT through serve's own runtime (tokenizers library),
-    PyTorch through the transformers tokenizer and model, so the whole serving path is checked."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from serve.runtime import TextClassifier
-
-    classifier = TextClassifier.from_bundle(bundle)
-    ort_logits = classifier.logits(texts)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
-    with torch.no_grad():
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        torch_logits = model(**batch).logits.float().numpy()
-    if ort_logits.shape != torch_logits.shape:
-        raise ValidationError(f"ONNX logits shape {ort_logits.shape} != PyTorch {torch_logits.shape}")
-    return float(np.max(np.abs(ort_logits - torch_logits)))
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("sft-toolchain", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-                 "tokenizers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+def _check_accuracy_drop(models: list[dict[str, Any]], eval_set, max_drop: float) -> None:
+    metric = eval_set.metric
+    torch_value, int8_value = models[0][metric], models[-1][metric]
+    drop = (torch_value - int8_value) * 100
+    if drop > max_drop:
+        raise ValidationError(f"{eval_set.path}: int8 loses {drop:.2f} points of {metric} ({torch_value:.4f} in "
+                              f"PyTorch, {int8_value:.4f} in int8) > --max-accuracy-drop {max_drop:g}; "
+                              f"no bundle written")
