@@ -33,6 +33,8 @@ HELP = {
     "max_length": "Truncate inputs to this many tokens.",
     "packing": "causal-lm: pack several examples per row (no attention across them).",
     "group_by_length": "Batch rows of similar length together to cut padding.",
+    "max_train_samples": "Use only the first N training examples (quick runs, learning curves).",
+    "max_eval_samples": "Use only the first N evaluation examples.",
     "output": "Checkpoint directory (written when training ends).",
     "epochs": "Training epochs.",
     "max_steps": "Stop after this many optimizer steps (overrides --epochs).",

@@ -36,6 +36,8 @@ class TrainConfig:
     max_length: int = 128
     packing: bool = False  # causal-lm: pack several examples into each row
     group_by_length: bool = False
+    max_train_samples: int | None = None  # use only the first N training examples (quick runs)
+    max_eval_samples: int | None = None  # use only the first N evaluation examples
     output: str = "runs/model"
     # optimization
     epochs: float = 3.0
@@ -93,6 +95,9 @@ class TrainConfig:
                 raise InputError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.epochs <= 0 and not self.max_steps:
             raise InputError("--epochs must be > 0 (or give --max-steps)")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise InputError(f"--max-steps must be > 0, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .data import LabelMap, extract_examples, read_table
+from .data import Examples, LabelMap, extract_examples, read_table
 from .errors import InputError
 from .metrics import classification_report
 
@@ -36,6 +36,12 @@ def pad_rows(rows: list[dict[str, Any]], pad_values: dict[str, int], device) -> 
         width = max(len(r[key]) for r in rows)
         out[key] = torch.tensor([list(r[key]) + [fill] * (width - len(r[key])) for r in rows], device=device)
     return out
+
+
+def first_n(cfg, role: str, available: int) -> int:
+    """How many leading examples of the train/eval split to keep (--max-train-samples / --max-eval-samples)."""
+    limit = cfg.max_train_samples if role == "train" else cfg.max_eval_samples
+    return available if limit is None else min(limit, available)
 
 
 class Task:
@@ -98,8 +104,13 @@ class SequenceClassification(Task):
                        if self.eval_ex else None)
 
     def _examples(self, spec, role):
-        return extract_examples(read_table(spec, role=role), self.cfg.text_column, self.cfg.label_column,
-                                self.cfg.text_pair_column)
+        ex = extract_examples(read_table(spec, role=role), self.cfg.text_column, self.cfg.label_column,
+                              self.cfg.text_pair_column)
+        limit = first_n(self.cfg, role, len(ex))
+        if limit < len(ex):
+            ex = Examples(ex.texts[:limit], ex.pairs[:limit] if ex.pairs is not None else None,
+                          ex.labels[:limit] if ex.labels is not None else None, ex.where[:limit])
+        return ex
 
     def _floats(self, ex) -> list[float]:
         out = []
@@ -222,7 +233,10 @@ class TokenClassification(Task):
         from .ner import label_list, read_token_data
 
         self.train_sents = read_token_data(self.cfg.train)
+        self.train_sents = self.train_sents[:first_n(self.cfg, "train", len(self.train_sents))]
         self.eval_sents = read_token_data(self.cfg.eval) if self.cfg.eval else None
+        if self.eval_sents is not None:
+            self.eval_sents = self.eval_sents[:first_n(self.cfg, "eval", len(self.eval_sents))]
         self.labels = LabelMap(label_list(self.train_sents))
 
     def model_kwargs(self):
@@ -276,7 +290,10 @@ class CausalLM(Task):
         from .causal import read_instructions
 
         self.train_records = read_instructions(self.cfg.train)
+        self.train_records = self.train_records[:first_n(self.cfg, "train", len(self.train_records))]
         self.eval_records = read_instructions(self.cfg.eval) if self.cfg.eval else None
+        if self.eval_records is not None:
+            self.eval_records = self.eval_records[:first_n(self.cfg, "eval", len(self.eval_records))]
         self.labels = None
 
     def encode(self, tokenizer):
