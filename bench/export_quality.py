@@ -7,7 +7,7 @@ PyTorch, serve's tokenizers path for ONNX), since a server pays it. Arms are int
 and the median kept, and texts per CPU second are recorded next to texts per wall second, because the
 machine may be shared.
 
-    python -m bench.export_quality [--checkpoint /tmp/sst2-minilm] [--dev /work/shared/data/sst2/dev.tsv]
+    python -m bench.export_quality --checkpoint runs/sst2-minilm [--dev ../shared/data/sst2/dev.tsv]
 
 Writes bench/results/export_quality_cpu.json. Skips (exit 0, with a message) when the data or the
 checkpoint is absent.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from .common import print_table, write_json
 
-DEFAULT_CHECKPOINT = "/tmp/sst2-minilm"
-DEFAULT_DEV = "/work/shared/data/sst2/dev.tsv"
+DEFAULT_CHECKPOINT = "runs/sst2-minilm"  # sft-train --config examples/configs/sst2_minilm.yaml writes it
+DEFAULT_DEV = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv")
 VARIANTS = {  # name -> export_onnx options
     "ONNX fp32": {},
     "ONNX fp32 O2": {"optimize": "O2"},
