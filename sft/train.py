@@ -171,6 +171,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 or step == total_steps)
             stop_early = False
             if eval_due:
+                model.eval()  # dropout off; the next step's model.train() turns it back on
                 metrics = task.evaluate(model, eval_rows, pad_id, device, cfg.eval_batch_size, kernels_backend)
                 p["last_eval"] = metrics
                 scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -99,3 +99,27 @@ def test_yaml_values_are_coerced_or_named(tmp_path):
     bad.write_text("train: x.csv\nbatch_size: 2.5\n")
     with pytest.raises(InputError, match=r"b.yaml: batch_size: expected int, got 2.5"):
         load_config(bad)
+
+
+def test_evaluation_runs_with_dropout_off(tiny_bert, tmp_path):
+    """The eval numbers are those of the saved model in eval mode, even with heavy dropout in training."""
+    import csv
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "o"
+    r = train(load_config(overrides={"train": str(DEMO / "train.csv"), "eval": str(DEMO / "eval.csv"),
+                                     "model": str(tiny_bert), "output": str(out), "max_steps": 6, "dropout": 0.5,
+                                     "max_length": 48, "progress": False, "seed": 3}))
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    rows = list(csv.DictReader((DEMO / "eval.csv").open(encoding="utf-8")))
+    with torch.no_grad():
+        enc = tokenizer([row["text"] for row in rows], truncation=True, max_length=48, padding=True,
+                        return_tensors="pt")
+        logits = model(**enc).logits
+    y = torch.tensor([model.config.label2id[row["label"]] for row in rows])
+    loss = torch.nn.functional.cross_entropy(logits, y).item()
+    assert r.metrics["loss"] == pytest.approx(loss, rel=1e-4, abs=1e-5)
+    assert r.metrics["accuracy"] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
