@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import typing
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,7 @@ HELP = {
     "max_length": "Truncate inputs to this many tokens.",
     "packing": "causal-lm: pack several examples per row (no attention across them).",
     "group_by_length": "Batch rows of similar length together to cut padding.",
+    "fsdp": "Under torchrun: shard parameters, gradients and optimizer state across ranks (FSDP2) instead of DDP.",
     "max_train_samples": "Use only the first N training examples (quick runs, learning curves).",
     "max_eval_samples": "Use only the first N evaluation examples.",
     "output": "Checkpoint directory (written when training ends).",
@@ -103,7 +105,8 @@ def train_command(config: Optional[Path] = None, **options) -> None:
     m = result.metrics
     shown = [k for k in ("accuracy", "f1_macro", "f1", "perplexity", "rmse") if k in m]
     summary += "".join(f"; eval {k} {m[k]:.4f}" for k in shown)
-    typer.echo(summary)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        typer.echo(summary)
 
 
 train_command.__signature__ = inspect.Signature(

@@ -56,6 +56,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     seed: int = 42
     kernels: str = "auto"
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     # strategies
     freeze: str | None = None
     unfreeze_every: int = 0  # gradual unfreezing: one more layer group from the top every N steps
@@ -98,6 +99,12 @@ class TrainConfig:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.fsdp and self.lora_r:
+            raise InputError("--fsdp with --lora-r is not supported: LoRA already keeps the trainable state small; "
+                             "use DDP (drop --fsdp)")
+        if self.fsdp and self.unsup_weight and self.task != "causal-lm":
+            raise InputError("--fsdp with --unsup-weight is not supported for encoders (the masked-LM head lives "
+                             "outside the sharded model); use DDP (drop --fsdp)")
         if self.max_steps is not None and self.max_steps <= 0:
             raise InputError(f"--max-steps must be > 0, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:

@@ -72,7 +72,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     model.to(device)
     if unsup is not None:
         unsup.to(device)
-    train_model = dist.wrap(model)
+    train_model = dist.wrap(model, fsdp=cfg.fsdp)
 
     spe = steps_per_epoch(len(train_rows), cfg.batch_size, cfg.grad_accum, dist.world)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
@@ -96,8 +96,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                       "seen_examples": 0, "seen_tokens": 0, "train_seconds": 0.0, "last_eval": {}}
     if state is not None:
         _check_same_run(state["config"], cfg, run_dir)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_model_state(model, state["model"])
+        dist.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         if unsup is not None:
@@ -143,8 +143,12 @@ def train(cfg: TrainConfig) -> TrainResult:
                 step_loss += loss.item() / cfg.grad_accum
                 p["seen_examples"] += len(idx) * dist.world
                 p["seen_tokens"] += int(batch["attention_mask"].sum()) * dist.world
+            if unsup is not None:
+                dist.average_grads(unsup.head_parameters())
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded norm
+                grad_norm = grad_norm.full_tensor()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -185,12 +189,14 @@ def train(cfg: TrainConfig) -> TrainResult:
                     stop_early = _track_best(p, metrics, cfg, task, model, run_dir, dist)
             save_due = (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and (
                 eval_due or (eval_rows is None and step % spe == 0)))
-            if save_due and step < total_steps and not stop_early and dist.is_main:
-                save_state(run_dir, step, {"config": cfg.to_dict(), "model": model.state_dict(),
-                                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                           "scaler": scaler.state_dict(), "progress": p,
-                                           "unsup": unsup.state_dict() if unsup is not None else None},
-                           cfg.keep_last)
+            if save_due and step < total_steps and not stop_early:
+                model_state, optimizer_state = dist.model_state(model), dist.optimizer_state(model, optimizer)
+                if dist.is_main:
+                    save_state(run_dir, step, {"config": cfg.to_dict(), "model": model_state,
+                                               "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+                                               "scaler": scaler.state_dict(), "progress": p,
+                                               "unsup": unsup.state_dict() if unsup is not None else None},
+                               cfg.keep_last)
             dist.barrier()
             if stop_early:
                 log.write({"event": "early_stop", "step": step, "best_step": p["best_step"]})
@@ -200,7 +206,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     final_metrics = p["last_eval"]
     if cfg.best_metric and p["best_step"] is not None:
-        model.load_state_dict(torch.load(run_dir / "best" / "model.pt", map_location=device, weights_only=True))
+        dist.load_model_state(model, torch.load(run_dir / "best" / "model.pt", map_location=device, weights_only=True))
         final_metrics = p["best_metrics"]
     summary = {"steps": p["step"], "train_seconds": round(p["train_seconds"], 2),
                "train_examples_per_s": round(p["seen_examples"] / max(p["train_seconds"], 1e-9), 2),
@@ -208,9 +214,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     log.write({"event": "end", **summary})
     log.close()
     tb.close()
+    model_state = dist.model_state(model) if dist.fsdp else None  # FSDP: gathered by every rank, kept on rank 0
     if dist.is_main:
         _write_output(output, model, tokenizer, cfg, task, run_dir,
-                      {"eval": final_metrics, "last_eval": p["last_eval"], "train": summary})
+                      {"eval": final_metrics, "last_eval": p["last_eval"], "train": summary}, model_state)
     dist.barrier()
     dist.close()
     return TrainResult(output, final_metrics, p["step"], p["train_seconds"], p.get("last_loss"))
@@ -307,10 +314,11 @@ def _track_best(p, metrics, cfg, task, model, run_dir, dist) -> bool:
     value = metrics[cfg.best_metric]
     if task.better(cfg.best_metric, value, p["best"]):
         p.update(best=value, best_step=p["step"], bad_evals=0, best_metrics=metrics)
+        model_state = dist.model_state(model)
         if dist.is_main:
             best = run_dir / "best"
             best.mkdir(exist_ok=True)
-            torch.save(model.state_dict(), best / "model.pt.tmp")
+            torch.save(model_state, best / "model.pt.tmp")
             (best / "model.pt.tmp").replace(best / "model.pt")
         return False
     p["bad_evals"] += 1
@@ -371,14 +379,14 @@ class BatchOrder:
 
 
 def _write_output(output: Path, model, tokenizer, cfg: TrainConfig, task: Task, run_dir: Path,
-                  metrics: dict[str, Any]) -> None:
+                  metrics: dict[str, Any], model_state: dict[str, Any] | None = None) -> None:
     import yaml
 
     work = fresh_work_dir(output)
     try:
         if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the base weights
             model = model.merge_and_unload()
-        model.save_pretrained(work, safe_serialization=True)
+        model.save_pretrained(work, safe_serialization=True, state_dict=model_state)
         tokenizer.save_pretrained(work)
         (work / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json(work / "metrics.json", metrics)

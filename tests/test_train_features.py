@@ -87,6 +87,7 @@ def test_bad_strategy_options_exit_2(tiny_bert, tmp_path):
     assert_clean_error(run_cli("sft-train", *base, "--freeze", ".*"), "every parameter would be frozen")
     assert_clean_error(run_cli("sft-train", *base, "--lora-r", "4", "--lora-targets", "LayerNorm"), "LayerNorm")
     assert_clean_error(run_cli("sft-train", *base, "--patience", "2"), "--patience needs --best-metric")
+    assert_clean_error(run_cli("sft-train", *base, "--fsdp", "--lora-r", "4"), "--fsdp with --lora-r")
     assert not (tmp_path / "x").exists()
 
 
@@ -132,15 +133,20 @@ def test_resume_refuses_changed_options(tiny_bert, tmp_path):
     assert changed.returncode == 2 and "an unfinished run with other options (lr" in changed.stderr
 
 
-def test_two_process_ddp_matches_one_process(tiny_bert, tmp_path):
+@pytest.mark.parametrize("mode,port", [("ddp", "29531"), ("fsdp", "29532")])
+def test_two_processes_match_one_process(tiny_bert, tmp_path, mode, port):
+    """DDP, and FSDP with its sharded states gathered for the resumable states, the best model and the output."""
     common = ["--train", str(DEMO / "train.csv"), "--model", str(tiny_bert), "--max-steps", "4",
               "--max-length", "32", "--dropout", "0", "--no-progress", "--no-tensorboard", "--no-plots", "--lr", "3e-3"]
+    if mode == "fsdp":
+        common += ["--eval", str(DEMO / "eval.csv"), "--eval-every", "2", "--best-metric", "loss", "--grad-accum", "2"]
     one = subprocess.run([str(BIN / "sft-train"), *common, "--batch-size", "8", "--output", str(tmp_path / "one")],
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flags = ["--fsdp"] if mode == "fsdp" else []
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", "29531", "-m", "sft.cli", *common, "--batch-size", "4",
+                          "--master-port", port, "-m", "sft.cli", *common, *flags, "--batch-size", "4",
                           "--output", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
