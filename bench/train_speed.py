@@ -145,7 +145,7 @@ def run_arm(arm: str, workload: str, steps: int, warmup: int, smoke: bool, seed:
             return {k: v.to(device) for k, v in collate_causal(rows, 0).items()}
         return task.collate(rows, 0, device)
 
-    times, tokens, loss_value = [], [], None
+    times, tokens, losses = [], [], []
     for i, rows in enumerate(batches):
         batch = collate(rows)
         _sync(device)
@@ -156,11 +156,11 @@ def run_arm(arm: str, workload: str, steps: int, warmup: int, smoke: bool, seed:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()  # also synchronizes
+        losses.append(loss.item())  # also synchronizes
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             tokens.append(int(batch["attention_mask"].sum()))
-    return _summary(times, tokens, loss_value, device)
+    return _summary(times, tokens, losses, device)
 
 
 def _run_trainer(arm, model, batches, workload, warmup, device) -> dict:
@@ -204,8 +204,8 @@ def _run_trainer(arm, model, batches, workload, warmup, device) -> dict:
     result = trainer.train()
     for rows in batches[warmup:]:
         tokens.append(sum(len(r["input_ids"]) for r in rows))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return _summary(times, tokens[: len(times)], losses[-1] if losses else result.training_loss, device)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [result.training_loss]
+    return _summary(times, tokens[: len(times)], losses, device)
 
 
 class _PadCollator:
@@ -233,12 +233,41 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _summary(times, tokens, loss, device) -> dict:
+def _summary(times, tokens, losses, device) -> dict:
     import torch
 
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return {"tokens_per_s": sum(tokens) / sum(times), "median_step_ms": statistics.median(times) * 1e3,
-            "steps_timed": len(times), "peak_memory_gib": peak, "final_loss": loss}
+            "steps_timed": len(times), "peak_memory_gib": peak, "final_loss": losses[-1], "losses": losses}
+
+
+def write_plot(rows: list[dict], path: Path) -> Path:
+    """One row of panels per workload: tokens/s, peak memory (GPU only) and the loss of every step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = sorted({r["workload"] for r in rows})
+    fig, axes = plt.subplots(len(workloads), 3, figsize=(15, 4 * len(workloads)), squeeze=False)
+    for (ax_speed, ax_mem, ax_loss), workload in zip(axes, workloads):
+        ok = [r for r in rows if r["workload"] == workload and r["status"] == "ok"]
+        names = [r["arm"] for r in ok]
+        ax_speed.barh(names, [r["tokens_per_s"] for r in ok])
+        ax_speed.set_title(f"{workload}: real tokens / s")
+        ax_mem.barh(names, [r["peak_memory_gib"] or 0 for r in ok])
+        ax_mem.set_title(f"{workload}: peak memory (GiB)")
+        for r in ok:
+            ax_loss.plot(range(1, len(r["losses"]) + 1), r["losses"], label=r["arm"])
+        ax_loss.set_title(f"{workload}: loss per step")
+        ax_loss.set_xlabel("step")
+        ax_loss.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                        "final_loss", "speedup_vs_trainer", "memory_vs_trainer"])
     name = "train_speed_cpu_smoke" if a.cpu_smoke else "train_speed"
     path = write_json(name, {"args": vars(a), "results": rows}, Path(a.out) if a.out else None)
-    print(f"wrote {path}")
+    print(f"wrote {path} and {write_plot(rows, path.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ def test_train_speed_harness_cpu_smoke(tmp_path):
     assert results["ours-packed"]["status"] == "skipped: needs CUDA"
     # Same model, same batches, same optimizer settings: the two arms' losses agree closely.
     assert abs(results["trainer"]["final_loss"] - results["ours-torch"]["final_loss"]) < 1e-2
+    assert len(results["trainer"]["losses"]) == len(results["ours-torch"]["losses"]) == 3  # warm-up steps too
+    assert (tmp_path / "train_speed_cpu_smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert record["environment"]["command"] and record["environment"]["versions"]["torch"]
 
 
