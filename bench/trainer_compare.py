@@ -57,7 +57,7 @@ def run_trainer(cfg_overrides: dict) -> dict:
     """The same run through transformers.Trainer, built from the same task object (same data, labels)."""
     import torch
     from transformers import (AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+                              TrainingArguments, set_seed)
 
     from sft import load_config
     from sft.models import default_model_path
@@ -68,6 +68,7 @@ def run_trainer(cfg_overrides: dict) -> dict:
     task.load()
     model_path = cfg.model or default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    set_seed(cfg.seed)  # the new head starts from the same random init as sft-train's (seeded before loading)
     model = task.auto_class().from_pretrained(model_path, ignore_mismatched_sizes=True, **task.model_kwargs())
     train_rows, eval_rows = task.encode(tokenizer)
 

@@ -83,8 +83,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                        "weight_decay": cfg.weight_decay})
     for line in ["optimizer parameter groups:", *describe_param_groups(groups)]:
         say(line)
-    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=cfg.lr,
-                                  fused=device.type == "cuda")
+    optimizer = _adamw([{k: v for k, v in g.items() if k != "names"} for g in groups], cfg.lr, fsdp=cfg.fsdp)
     scheduler = make_schedule(optimizer, cfg.schedule, int(cfg.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     unfreezer = GradualUnfreezer(model, cfg.unfreeze_every) if cfg.unfreeze_every else None
@@ -221,6 +220,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     dist.barrier()
     dist.close()
     return TrainResult(output, final_metrics, p["step"], p["train_seconds"], p.get("last_loss"))
+
+
+def _adamw(groups: list[dict[str, Any]], lr: float, fsdp: bool) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CUDA and CPU; transformers.Trainer's default too), else the foreach one."""
+    if not fsdp:  # sharded DTensor parameters take the foreach path
+        try:
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, TypeError):
+            pass
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def seed_everything(seed: int) -> None:
