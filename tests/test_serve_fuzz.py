@@ -20,33 +20,27 @@ CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
     "expected-statuses": ["400", "401", "404", "405", "413", "422"]}}})
 
 
-def _api(bundle, *args):
-    d = Daemon(bundle, "--max-client-batch-size", "16", "--max-new-tokens", "8", *args)
-    return d, schemathesis.openapi.from_url(d.url + "/openapi.json", config=CONFIG)
+def _schema_of_daemon(bundle):
+    """A running daemon's OpenAPI schema for the module's tests; no request may hit an internal error."""
+    d = Daemon(bundle, "--max-client-batch-size", "16", "--max-new-tokens", "8")
+    yield schemathesis.openapi.from_url(d.url + "/openapi.json", config=CONFIG)
+    assert "internal error" not in "".join(d.log)
+    d.stop()
 
 
 @pytest.fixture(scope="module")
 def cls_api(cls_bundle):
-    d, schema = _api(cls_bundle)
-    yield schema
-    assert "internal error" not in "".join(d.log)
-    d.stop()
+    yield from _schema_of_daemon(cls_bundle)
 
 
 @pytest.fixture(scope="module")
 def ner_api(ner_bundle):
-    d, schema = _api(ner_bundle)
-    yield schema
-    assert "internal error" not in "".join(d.log)
-    d.stop()
+    yield from _schema_of_daemon(ner_bundle)
 
 
 @pytest.fixture(scope="module")
 def gen_api(gen_bundle):
-    d, schema = _api(gen_bundle)
-    yield schema
-    assert "internal error" not in "".join(d.log)
-    d.stop()
+    yield from _schema_of_daemon(gen_bundle)
 
 
 def _fuzz(schema, mode: str) -> None:
