@@ -148,6 +148,10 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def __getitem__(self, part: slice) -> "Examples":
+        return Examples(self.texts[part], self.pairs[part] if self.pairs is not None else None,
+                        self.labels[part] if self.labels is not None else None, self.where[part])
+
 
 def extract_examples(table: Table, text_column: str, label_column: str | None,
                      text_pair_column: str | None = None) -> Examples:

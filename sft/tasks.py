@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .data import Examples, LabelMap, extract_examples, read_table
+from .data import LabelMap, extract_examples, read_table
 from .errors import InputError
 from .metrics import classification_report
 
@@ -38,10 +38,10 @@ def pad_rows(rows: list[dict[str, Any]], pad_values: dict[str, int], device) -> 
     return out
 
 
-def first_n(cfg, role: str, available: int) -> int:
-    """How many leading examples of the train/eval split to keep (--max-train-samples / --max-eval-samples)."""
+def first_n(cfg, role: str, items):
+    """The leading examples of the train/eval split that are kept (--max-train-samples / --max-eval-samples)."""
     limit = cfg.max_train_samples if role == "train" else cfg.max_eval_samples
-    return available if limit is None else min(limit, available)
+    return items if limit is None else items[:limit]
 
 
 class Task:
@@ -104,13 +104,8 @@ class SequenceClassification(Task):
                        if self.eval_ex else None)
 
     def _examples(self, spec, role):
-        ex = extract_examples(read_table(spec, role=role), self.cfg.text_column, self.cfg.label_column,
-                              self.cfg.text_pair_column)
-        limit = first_n(self.cfg, role, len(ex))
-        if limit < len(ex):
-            ex = Examples(ex.texts[:limit], ex.pairs[:limit] if ex.pairs is not None else None,
-                          ex.labels[:limit] if ex.labels is not None else None, ex.where[:limit])
-        return ex
+        return first_n(self.cfg, role, extract_examples(read_table(spec, role=role), self.cfg.text_column,
+                                                        self.cfg.label_column, self.cfg.text_pair_column))
 
     def _floats(self, ex) -> list[float]:
         out = []
@@ -232,11 +227,8 @@ class TokenClassification(Task):
     def load(self) -> None:
         from .ner import label_list, read_token_data
 
-        self.train_sents = read_token_data(self.cfg.train)
-        self.train_sents = self.train_sents[:first_n(self.cfg, "train", len(self.train_sents))]
-        self.eval_sents = read_token_data(self.cfg.eval) if self.cfg.eval else None
-        if self.eval_sents is not None:
-            self.eval_sents = self.eval_sents[:first_n(self.cfg, "eval", len(self.eval_sents))]
+        self.train_sents = first_n(self.cfg, "train", read_token_data(self.cfg.train))
+        self.eval_sents = first_n(self.cfg, "eval", read_token_data(self.cfg.eval)) if self.cfg.eval else None
         self.labels = LabelMap(label_list(self.train_sents))
 
     def model_kwargs(self):
@@ -289,11 +281,9 @@ class CausalLM(Task):
     def load(self) -> None:
         from .causal import read_instructions
 
-        self.train_records = read_instructions(self.cfg.train)
-        self.train_records = self.train_records[:first_n(self.cfg, "train", len(self.train_records))]
-        self.eval_records = read_instructions(self.cfg.eval) if self.cfg.eval else None
-        if self.eval_records is not None:
-            self.eval_records = self.eval_records[:first_n(self.cfg, "eval", len(self.eval_records))]
+        self.train_records = first_n(self.cfg, "train", read_instructions(self.cfg.train))
+        self.eval_records = (first_n(self.cfg, "eval", read_instructions(self.cfg.eval)) if self.cfg.eval
+                             else None)
         self.labels = None
 
     def encode(self, tokenizer):

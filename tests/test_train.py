@@ -123,3 +123,13 @@ def test_evaluation_runs_with_dropout_off(tiny_bert, tmp_path):
     loss = torch.nn.functional.cross_entropy(logits, y).item()
     assert r.metrics["loss"] == pytest.approx(loss, rel=1e-4, abs=1e-5)
     assert r.metrics["accuracy"] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
+
+
+def test_max_samples_keep_the_leading_examples():
+    from sft.tasks import make_task
+
+    task = make_task(load_config(overrides={"train": str(DEMO / "train.csv"), "eval": str(DEMO / "eval.csv"),
+                                            "max_train_samples": 7, "max_eval_samples": 5}))
+    task.load()
+    assert (len(task.train_ex), len(task.train_y), len(task.eval_ex), len(task.eval_y)) == (7, 7, 5, 5)
+    assert task.train_ex.where[-1].endswith("train.csv line 8")
