@@ -2,8 +2,10 @@
 
 Both arms: the same train rows (the first --rows of the file), the same eval file, AdamW at the same
 peak learning rate with linear warmup/decay, the same weight decay (no decay on biases and norms),
-batch size, epochs, max_length, gradient clipping and seed. Reports the eval metric of each and the
-training time (the optimizer loop only, both arms). Sequence classification (accuracy) or token classification (entity F1, our own seqeval-
+batch size, epochs, max_length, gradient clipping and seed; the new head starts from the same random init,
+and by default the Trainer is fed sft-train's exact batches in sft-train's order (`--trainer-order own`
+lets it shuffle with its own sampler), so what differs is the training loop itself and the dropout masks.
+Reports the eval metric of each and the training time (the optimizer loop only, both arms). Sequence classification (accuracy) or token classification (entity F1, our own seqeval-
 compatible scorer applied to both arms' predictions).
 
     python -m bench.trainer_compare --task sequence-classification \
@@ -53,15 +55,17 @@ def run_ours(cfg_overrides: dict) -> dict:
             "wall_seconds": time.perf_counter() - t0, "train_seconds": result.train_seconds}
 
 
-def run_trainer(cfg_overrides: dict) -> dict:
+def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
     """The same run through transformers.Trainer, built from the same task object (same data, labels)."""
     import torch
+    from torch.utils.data import Sampler
     from transformers import (AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
 
     from sft import load_config
     from sft.models import default_model_path
     from sft.tasks import make_task
+    from sft.train import BatchOrder, _set_dropout
 
     cfg = load_config(overrides=cfg_overrides)
     task = make_task(cfg)
@@ -70,7 +74,30 @@ def run_trainer(cfg_overrides: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     set_seed(cfg.seed)  # the new head starts from the same random init as sft-train's (seeded before loading)
     model = task.auto_class().from_pretrained(model_path, ignore_mismatched_sizes=True, **task.model_kwargs())
+    if cfg.dropout is not None:
+        _set_dropout(model, cfg.dropout)
     train_rows, eval_rows = task.encode(tokenizer)
+
+    class SftOrder(Sampler):
+        """sft-train's batches, flattened: the Trainer's DataLoader cuts them back into the same batches."""
+
+        def __init__(self, n: int):
+            self.n, self.epoch, self.order = n, 0, BatchOrder(n, cfg.batch_size, cfg.seed)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __iter__(self):
+            batches = self.order._epoch_batches(self.epoch)
+            self.epoch += 1  # for loaders that do not call set_epoch
+            return iter([i for b in batches for i in b])
+
+    class SameOrderTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return SftOrder(len(train_dataset if train_dataset is not None else self.train_dataset))
 
     def as_hf(rows):
         return [{**{k: v for k, v in r.items() if k != "label"}, **({"labels": r["label"]} if "label" in r else {})}
@@ -86,7 +113,7 @@ def run_trainer(cfg_overrides: dict) -> dict:
         eval_strategy="no", logging_steps=50, report_to=[], use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True)
     t0 = time.perf_counter()
-    trainer = Trainer(model=model, args=args, train_dataset=as_hf(train_rows), data_collator=collator)
+    trainer = (SameOrderTrainer if same_order else Trainer)(model=model, args=args, train_dataset=as_hf(train_rows), data_collator=collator)
     train_seconds = trainer.train().metrics["train_runtime"]
     wall = time.perf_counter() - t0
     metrics = task.evaluate(trainer.model.eval(), eval_rows, tokenizer.pad_token_id or 0, trainer.model.device,
@@ -110,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--dropout", type=float, help="override the model's dropout in both arms")
+    p.add_argument("--trainer-order", choices=["sft", "own"], default="sft",
+                   help="sft: the Trainer gets sft-train's batches in its order; own: its own shuffling")
     p.add_argument("--arms", default="ours,trainer")
     p.add_argument("--out", help="directory for the JSON [default: bench/results]")
     a = p.parse_args(argv)
@@ -122,13 +153,14 @@ def main(argv: list[str] | None = None) -> None:
     base = {"task": a.task, "train": _subset(a.train, a.rows, work), "eval": a.eval, "model": a.model,
             "text_column": a.text_column, "label_column": a.label_column, "epochs": a.epochs,
             "batch_size": a.batch_size, "lr": a.lr, "max_length": a.max_length, "seed": a.seed,
+            "warmup_ratio": a.warmup_ratio, "dropout": a.dropout,
             "progress": False, "tensorboard": False, "plots": False, "kernels": "auto"}
     results = {}
     for arm in a.arms.split(","):
         if arm == "ours":
             results[arm] = run_ours({**base, "output": str(work / "ours")})
         elif arm == "trainer":
-            results[arm] = run_trainer({**base, "output": str(work / "trainer")})
+            results[arm] = run_trainer({**base, "output": str(work / "trainer")}, same_order=a.trainer_order == "sft")
         print(arm, results[arm], flush=True)
     metric = "accuracy" if a.task == "sequence-classification" else "f1"
     rows = [{"arm": arm, metric: r["metrics"].get(metric), "eval_loss": r["metrics"].get("loss"),
