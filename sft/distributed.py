@@ -117,6 +117,16 @@ class Distributed:
         set_optimizer_state_dict(model, optimizer, state,
                                  options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
+    def gather_object(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank (a collective)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as td
+
+        out: list = [None] * self.world
+        td.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .atomic import check_output_dir, fresh_work_dir, replace_dir, write_json
-from .checkpointing import load_latest, run_dir_for, save_state, set_rng_state
+from .checkpointing import load_latest, rng_state, run_dir_for, save_state, set_rng_state
 from .config import COSMETIC, TrainConfig
 from .distributed import Distributed
 from .errors import InputError
@@ -102,7 +102,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         if unsup is not None:
             unsup.load_state_dict(state["unsup"])
         progress_state = state["progress"]
-        set_rng_state(state["rng"])
+        if state.get("world_size", 1) != dist.world:  # the global batches, and so the data order, depend on it
+            raise InputError(f"{run_dir}: an unfinished run with {state.get('world_size', 1)} processes, now "
+                             f"{dist.world}; rerun with the same number, or pass --no-resume to start over")
+        # Each rank's own stream: ranks draw different amounts (e.g. dropout on differently padded batches).
+        set_rng_state(state["rng_per_rank"][dist.rank] if "rng_per_rank" in state else state["rng"])
         if unfreezer is not None:
             unfreezer.step(progress_state["step"])
         say(f"resuming from {run_dir} at step {progress_state['step']}/{total_steps}")
@@ -190,10 +194,12 @@ def train(cfg: TrainConfig) -> TrainResult:
                 eval_due or (eval_rows is None and step % spe == 0)))
             if save_due and step < total_steps and not stop_early:
                 model_state, optimizer_state = dist.model_state(model), dist.optimizer_state(model, optimizer)
+                rng_per_rank = dist.gather_object(rng_state())
                 if dist.is_main:
                     save_state(run_dir, step, {"config": cfg.to_dict(), "model": model_state,
                                                "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                                                "scaler": scaler.state_dict(), "progress": p,
+                                               "rng_per_rank": rng_per_rank, "world_size": dist.world,
                                                "unsup": unsup.state_dict() if unsup is not None else None},
                                cfg.keep_last)
             dist.barrier()

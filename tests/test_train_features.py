@@ -151,3 +151,54 @@ def test_two_processes_match_one_process(tiny_bert, tmp_path, mode, port):
     assert two.returncode == 0, two.stderr[-3000:]
     wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_fsdp_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert, tmp_path):
+    """Two FSDP processes killed mid-run (torchrun and its workers), rerun: the gathered states are scattered
+    back, each rank gets its own RNG stream back (dropout is on), and the run ends bitwise where an
+    uninterrupted one does. Resuming with another number of processes is refused."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(out, port):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+                "-m", "sft.cli", "--train", str(DEMO / "train.csv"), "--model", str(tiny_bert), "--fsdp",
+                "--max-steps", "8", "--save-every", "2", "--batch-size", "4", "--max-length", "32", "--lr", "3e-3",
+                "--no-progress", "--no-tensorboard", "--no-plots", "--output", str(out)]
+
+    straight = subprocess.run(cmd(tmp_path / "straight", "29533"), capture_output=True, text=True, env=env,
+                              timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    out, run_dir = tmp_path / "resumed", tmp_path / ".resumed.run"
+    proc = subprocess.Popen(cmd(out, "29534"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (run_dir / "step-00000004").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    for pid in [proc.pid, *_children(proc.pid)]:  # torchrun starts each worker in a session of its own
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert (run_dir / "step-00000004").exists() and not out.exists()
+
+    one_process = subprocess.run([sys.executable, *cmd(out, "29535")[7:]], capture_output=True, text=True, env=env, timeout=600)
+    assert_clean_error(one_process, "an unfinished run with 2 processes, now 1")
+    rerun = subprocess.run(cmd(out, "29535"), capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stdout
+    a, b = json.loads((tmp_path / "straight" / "metrics.json").read_text()), json.loads((out / "metrics.json").read_text())
+    assert a["train"]["final_train_loss"] == b["train"]["final_train_loss"]
+    wa, wb = _weights(tmp_path / "straight"), _weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(stat))
+    return found
