@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from .common import print_table, write_json
+from .plots import draw
 
 DEFAULT_CHECKPOINT = "runs/sst2-minilm"  # sft-train --config examples/configs/sst2_minilm.yaml writes it
 DEFAULT_DEV = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv")
@@ -111,7 +112,7 @@ def run(checkpoint: str, dev: str, *, seconds: float, rounds: int, thread_counts
               "seconds_per_arm": seconds, "rounds": rounds, "models": models, "throughput": speed, "goal": goal,
               "exports": exports, "load_average_before": load_before, "load_average_after": load_after}
     path = write_json("export_quality_cpu", result, Path(out_dir) if out_dir else None)
-    print(f"wrote {path} (load average before {load_before[0]:.1f}, after {load_after[0]:.1f} on "
+    print(f"wrote {path}, {draw(path)} (load average before {load_before[0]:.1f}, after {load_after[0]:.1f} on "
           f"{os.cpu_count()} cores)")
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from .common import print_table, write_json
+from .plots import draw
 from .runtime import read_texts
 
 HOST = "127.0.0.1"  # the only address this tool ever sends to
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                                          "seconds_per_level": a.seconds, "requests_per_level": a.requests,
                                          "cpu_count": os.cpu_count(), "results": results, "summary": summary},
                           Path(a.out) if a.out else None)
-        print(f"wrote {path}")
+        print(f"wrote {path} and {draw(path)}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .common import print_table, write_json
+from .plots import draw
 
 
 def read_texts(path: str | None) -> list[str]:
@@ -93,7 +94,7 @@ def run(checkpoint: str, bundle: str, *, texts_file: str | None = None, batch_si
     if "agreement" in result:
         print("agreement:", result["agreement"])
     path = write_json("runtime_cpu", result, Path(out_dir) if out_dir else None)
-    print(f"wrote {path}")
+    print(f"wrote {path} and {draw(path)}")
     return result
 
 

@@ -243,13 +243,10 @@ def _summary(times, tokens, losses, device) -> dict:
 
 def write_plot(rows: list[dict], path: Path) -> Path:
     """One row of panels per workload: tokens/s, peak memory (GPU only) and the loss of every step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import pyplot, save_png
 
     workloads = sorted({r["workload"] for r in rows})
-    fig, axes = plt.subplots(len(workloads), 3, figsize=(15, 4 * len(workloads)), squeeze=False)
+    fig, axes = pyplot().subplots(len(workloads), 3, figsize=(15, 4 * len(workloads)), squeeze=False)
     for (ax_speed, ax_mem, ax_loss), workload in zip(axes, workloads):
         ok = [r for r in rows if r["workload"] == workload and r["status"] == "ok"]
         names = [r["arm"] for r in ok]
@@ -262,12 +259,7 @@ def write_plot(rows: list[dict], path: Path) -> Path:
         ax_loss.set_title(f"{workload}: loss per step")
         ax_loss.set_xlabel("step")
         ax_loss.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from .common import print_table, write_json
+from .plots import draw
 
 
 def _subset(path: str, rows: int | None, out_dir: Path) -> str:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"|ours - trainer| = {diff:.2f} points of {metric}")
     path = write_json(f"trainer_compare_{a.task}", {"args": vars(a), "results": results, "table": rows},
                       Path(a.out) if a.out else None)
-    print(f"wrote {path}")
+    print(f"wrote {path} and {draw(path)}")
 
 
 if __name__ == "__main__":

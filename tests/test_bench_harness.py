@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -33,7 +34,7 @@ def test_runtime_benchmark(tiny_bundle, tiny_checkpoint, tmp_path):
     assert [r["batch_size"] for r in result["throughput"]] == [1, 4]
     assert all(r["ort_texts_per_s"] > 0 and r["torch_texts_per_s"] > 0 for r in result["throughput"])
     assert result["agreement"]["argmax_agreement"] == 1.0 and result["agreement"]["max_abs_logit_diff"] < 1e-4
-    assert (tmp_path / "runtime_cpu.json").is_file()
+    assert (tmp_path / "runtime_cpu.json").is_file() and (tmp_path / "runtime_cpu.png").is_file()
 
 
 def test_trainer_compare_same_batches_same_result(tiny_bert, tmp_path):
@@ -56,3 +57,17 @@ def test_trainer_compare_same_batches_same_result(tiny_bert, tmp_path):
     own = run("own")
     assert own["ours"] == same["ours"]
     assert abs(own["ours"] - own["trainer"]) > 1e-3, own  # measured: 0.02
+
+
+def test_committed_results_redraw_as_png(tmp_path):
+    import shutil
+
+    from bench.plots import draw
+
+    records = [p for p in (ROOT / "bench" / "results").glob("*.json")
+               if p.name.startswith(("runtime", "serve_load", "export_quality", "trainer_compare"))]
+    assert records, "no committed results to draw"
+    for record in records:
+        copy = shutil.copy(record, tmp_path / record.name)
+        png = draw(Path(copy))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*.tmp"))
