@@ -92,7 +92,7 @@ def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
             return self.n
 
         def __iter__(self):
-            batches = self.order._epoch_batches(self.epoch)
+            batches = self.order.epoch_batches(self.epoch)
             self.epoch += 1  # for loaders that do not call set_epoch
             return iter([i for b in batches for i in b])
 

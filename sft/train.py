@@ -376,10 +376,10 @@ class BatchOrder:
     def batch(self, k: int) -> list[int]:
         epoch, offset = divmod(k, self.per_epoch)
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, self._epoch_batches(epoch))
+            self._cache = (epoch, self.epoch_batches(epoch))
         return self._cache[1][offset]
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.n, generator=gen).tolist()
         if self.lengths is not None:
