@@ -4,7 +4,9 @@ For each server: cold start (process start -> first 200 on POST /predict), then 
 (each sends one single-sentence request, waits for the answer, sends the next) at each concurrency level,
 bounded by a request count and a time limit; throughput, p50/p95/p99 latency, errors; peak RSS of the
 server process from /proc; and for sft-serve a soak (many requests at the highest concurrency, RSS
-sampled throughout). Traffic goes to loopback only.
+sampled throughout). Traffic goes to loopback only. Before the servers, the bundle's model alone (in this
+process: no HTTP, no client, batches tokenized and split by length as sft-serve does) at each level's batch
+size: the most the daemon could serve on this machine, so what HTTP, batching and the client cost shows.
 
     python -m bench.load BUNDLE CHECKPOINT [--clients 1,8,32,64] [--seconds 10] [--soak 10000]
 """
@@ -16,6 +18,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -102,6 +105,33 @@ async def run_level(port: int, bodies: list[bytes], clients: int, max_requests: 
             "statuses": statuses, "seconds": elapsed, "throughput_rps": ok / elapsed,
             "p50_ms": _quantile(ordered, 0.50) * 1e3, "p95_ms": _quantile(ordered, 0.95) * 1e3,
             "p99_ms": _quantile(ordered, 0.99) * 1e3, **({"rss_kb_samples": rss} if rss_pid else {})}
+
+
+def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: float,
+                  max_batch_tokens: int = 4096) -> list[dict]:
+    """The bundle's model alone on random batches of `size` texts (sft-serve's CPU token budget and splitting):
+    texts/s and batch latency. `size` concurrent single-text clients cannot be served faster than this."""
+    from serve.batcher import split_by_length
+    from serve.runtime import TextClassifier
+
+    clf = TextClassifier.from_bundle(bundle, spinning=False)
+    rng = random.Random(0)
+    rows = []
+    for size in sizes:
+        times: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 5:
+            batch = rng.choices(texts, k=size)
+            t0 = time.perf_counter()
+            encodings = clf.encode(batch)
+            for call in split_by_length([len(e.ids) for e in encodings], max_batch_tokens):
+                clf.logits_of([encodings[i] for i in call])
+            times.append(time.perf_counter() - t0)
+        ordered = sorted(times)
+        rows.append({"batch_size": size, "texts_per_s": size * len(times) / sum(times),
+                     "p50_ms": _quantile(ordered, 0.50) * 1e3, "p99_ms": _quantile(ordered, 0.99) * 1e3,
+                     "batches": len(times)})
+    return rows
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -210,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="cold starts per server (the median is reported)")
     p.add_argument("--texts", help="file of texts (one per line, or a GLUE .tsv) [default: demo eval texts]")
     p.add_argument("--servers", default="sft-serve,baseline")
+    p.add_argument("--ceiling-seconds", type=float, default=5.0,
+                   help="time per batch size for the model-only ceiling (0: skip it)")
     p.add_argument("--serve-args", default="", help="extra arguments for sft-serve")
     p.add_argument("--out", help="directory for the JSON [default: bench/results]; --no-write to skip")
     p.add_argument("--no-write", action="store_true")
@@ -218,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
     levels = [int(x) for x in a.clients.split(",")]
     bodies = [json.dumps({"inputs": t}).encode() for t in read_texts(a.texts)]
     bin_dir = Path(sys.executable).parent
+    ceiling = []
+    if a.ceiling_seconds > 0:
+        ceiling = model_ceiling(a.bundle, [json.loads(b)["inputs"] for b in bodies], levels, a.ceiling_seconds)
+        print("model alone (no HTTP, no client):")
+        print_table(ceiling, ["batch_size", "texts_per_s", "p50_ms", "p99_ms", "batches"])
     results = []
     for name in a.servers.split(","):
         port = free_port()
@@ -256,8 +293,14 @@ def main(argv: list[str] | None = None) -> None:
                                                                                     1e-9)
         print("\nthroughput ratio sft-serve / baseline: "
               + ", ".join(f"{k.split('_')[-1]} clients {v:.1f}x" for k, v in summary.items()))
+    if "sft-serve" in by_name and ceiling:
+        for level, alone in zip(by_name["sft-serve"]["levels"], ceiling):
+            summary[f"served_over_model_alone_at_{level['clients']}"] = level["throughput_rps"] / alone["texts_per_s"]
+        print("sft-serve throughput / the model alone at the same batch size: " + ", ".join(
+            f"{k.split('_')[-1]} clients {v:.0%}" for k, v in summary.items() if k.startswith("served_")))
     if not a.no_write:
         path = write_json("serve_load", {"bundle": a.bundle, "checkpoint": a.checkpoint, "levels": levels,
+                                         "model_alone": ceiling,
                                          "seconds_per_level": a.seconds, "requests_per_level": a.requests,
                                          "cpu_count": os.cpu_count(), "results": results, "summary": summary},
                           Path(a.out) if a.out else None)

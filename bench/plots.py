@@ -37,6 +37,13 @@ def serve_load_png(record: dict[str, Any], path: Path) -> Path:
         clients = [lv["clients"] for lv in server["levels"]]
         ax_rps.plot(clients, [lv["throughput_rps"] for lv in server["levels"]], marker="o", label=server["server"])
         ax_p99.plot(clients, [lv["p99_ms"] for lv in server["levels"]], marker="o", label=server["server"])
+    alone = record.get("model_alone") or []
+    if alone:
+        sizes = [r["batch_size"] for r in alone]
+        ax_rps.plot(sizes, [r["texts_per_s"] for r in alone], linestyle="--", color="gray",
+                    label="model alone (batch = clients)")
+        ax_p99.plot(sizes, [r["p99_ms"] for r in alone], linestyle="--", color="gray",
+                    label="model alone (batch = clients)")
     for ax, title in ((ax_rps, "requests / s"), (ax_p99, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")

@@ -71,3 +71,19 @@ def test_committed_results_redraw_as_png(tmp_path):
         copy = shutil.copy(record, tmp_path / record.name)
         png = draw(Path(copy))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_load_benchmark_against_a_real_daemon(tiny_bundle, tiny_checkpoint, tmp_path):
+    """sft-serve started as a process, closed-loop clients at two levels, a short soak, and the model alone."""
+    from bench.load import main
+
+    main([str(tiny_bundle), str(tiny_checkpoint), "--servers", "sft-serve", "--clients", "1,4", "--seconds", "0.5",
+          "--soak", "50", "--cold-starts", "1", "--ceiling-seconds", "0.2", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "serve_load.json").read_text())
+    served = record["results"][0]
+    assert [lv["clients"] for lv in served["levels"]] == [1, 4]
+    assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in served["levels"])
+    assert served["soak"]["ok"] == 50 and served["exit_code_after_sigterm"] == 0
+    assert [r["batch_size"] for r in record["model_alone"]] == [1, 4]
+    assert record["summary"]["served_over_model_alone_at_4"] > 0
+    assert (tmp_path / "serve_load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
