@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{k.split('_')[-1]} clients {v:.1f}x" for k, v in summary.items()))
     if "sft-serve" in by_name and ceiling:
         for level, alone in zip(by_name["sft-serve"]["levels"], ceiling):
-            summary[f"served_over_model_alone_at_{level['clients']}"] = level["throughput_rps"] / alone["texts_per_s"]
+            ratio = level["throughput_rps"] / alone["texts_per_s"]
+            summary[f"served_over_model_alone_at_{level['clients']}"] = ratio
         print("sft-serve throughput / the model alone at the same batch size: " + ", ".join(
             f"{k.split('_')[-1]} clients {v:.0%}" for k, v in summary.items() if k.startswith("served_")))
     if not a.no_write:

@@ -35,7 +35,8 @@ def serve_load_png(record: dict[str, Any], path: Path) -> Path:
     fig, (ax_rps, ax_p99) = pyplot().subplots(1, 2, figsize=(11, 4))
     for server in record["results"]:
         clients = [lv["clients"] for lv in server["levels"]]
-        ax_rps.plot(clients, [lv["throughput_rps"] for lv in server["levels"]], marker="o", label=server["server"])
+        ax_rps.plot(clients, [lv["throughput_rps"] for lv in server["levels"]], marker="o",
+                    label=server["server"])
         ax_p99.plot(clients, [lv["p99_ms"] for lv in server["levels"]], marker="o", label=server["server"])
     alone = record.get("model_alone") or []
     if alone:
@@ -101,7 +102,8 @@ def runtime_png(record: dict[str, Any], path: Path) -> Path:
     return save_png(fig, path)
 
 
-DRAWERS = {"runtime": runtime_png, "serve_load": serve_load_png, "export_quality": export_quality_png, "trainer_compare": trainer_compare_png}
+DRAWERS = {"runtime": runtime_png, "serve_load": serve_load_png, "export_quality": export_quality_png,
+           "trainer_compare": trainer_compare_png}
 
 
 def draw(json_path: Path) -> Path:

@@ -5,8 +5,9 @@ peak learning rate with linear warmup/decay, the same weight decay (no decay on 
 batch size, epochs, max_length, gradient clipping and seed; the new head starts from the same random init,
 and by default the Trainer is fed sft-train's exact batches in sft-train's order (`--trainer-order own`
 lets it shuffle with its own sampler), so what differs is the training loop itself and the dropout masks.
-Reports the eval metric of each and the training time (the optimizer loop only, both arms). Sequence classification (accuracy) or token classification (entity F1, our own seqeval-
-compatible scorer applied to both arms' predictions).
+Reports the eval metric of each and the training time (the optimizer loop only, both arms). Sequence
+classification (accuracy) or token classification (entity F1, our own seqeval-compatible scorer applied to
+both arms' predictions).
 
     python -m bench.trainer_compare --task sequence-classification \
         --train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv --text-column sentence \
@@ -114,7 +115,8 @@ def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
         eval_strategy="no", logging_steps=50, report_to=[], use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True)
     t0 = time.perf_counter()
-    trainer = (SameOrderTrainer if same_order else Trainer)(model=model, args=args, train_dataset=as_hf(train_rows), data_collator=collator)
+    trainer = (SameOrderTrainer if same_order else Trainer)(model=model, args=args, train_dataset=as_hf(train_rows),
+                                                            data_collator=collator)
     train_seconds = trainer.train().metrics["train_runtime"]
     wall = time.perf_counter() - t0
     metrics = task.evaluate(trainer.model.eval(), eval_rows, tokenizer.pad_token_id or 0, trainer.model.device,
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         if arm == "ours":
             results[arm] = run_ours({**base, "output": str(work / "ours")})
         elif arm == "trainer":
-            results[arm] = run_trainer({**base, "output": str(work / "trainer")}, same_order=a.trainer_order == "sft")
+            results[arm] = run_trainer({**base, "output": str(work / "trainer")},
+                                       same_order=a.trainer_order == "sft")
         print(arm, results[arm], flush=True)
     metric = "accuracy" if a.task == "sequence-classification" else "f1"
     rows = [{"arm": arm, metric: r["metrics"].get(metric), "eval_loss": r["metrics"].get("loss"),

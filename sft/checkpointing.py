@@ -1,7 +1,7 @@
 """Resumable training state: everything needed to continue a run bit for bit.
 
 A run keeps its state in `<output>.run/` next to the output: `step-00000123/state.pt` holds the model,
-optimizer, scheduler and loss-scaler state, every RNG state, the step reached and the early-stopping
+optimizer, scheduler and loss-scaler state, every RNG state of every rank, the step reached and the early-stopping
 bookkeeping. Each checkpoint is written to a temporary directory and renamed, so a kill -9 at any
 moment leaves either the previous checkpoint or the new one, never half of one. The data position is
 the step count: the batch order is a pure function of the seed.
@@ -46,7 +46,7 @@ def save_state(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) 
     tmp = run_dir / f".step-{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({**state, "step": step, "rng": rng_state()}, tmp / "state.pt")
+    torch.save({**state, "step": step}, tmp / "state.pt")
     with open(tmp / "state.pt", "rb") as f:
         os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)

@@ -95,6 +95,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                       "seen_examples": 0, "seen_tokens": 0, "train_seconds": 0.0, "last_eval": {}}
     if state is not None:
         _check_same_run(state["config"], cfg, run_dir)
+        if "rng_per_rank" not in state:
+            raise InputError(f"{run_dir}: an unfinished run saved by an older sft-train; pass --no-resume to start over")
+        if state["world_size"] != dist.world:  # the global batches, and so the data order, depend on it
+            raise InputError(f"{run_dir}: an unfinished run with {state['world_size']} processes, now "
+                             f"{dist.world}; rerun with the same number, or pass --no-resume to start over")
         dist.load_model_state(model, state["model"])
         dist.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -102,11 +107,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if unsup is not None:
             unsup.load_state_dict(state["unsup"])
         progress_state = state["progress"]
-        if state.get("world_size", 1) != dist.world:  # the global batches, and so the data order, depend on it
-            raise InputError(f"{run_dir}: an unfinished run with {state.get('world_size', 1)} processes, now "
-                             f"{dist.world}; rerun with the same number, or pass --no-resume to start over")
         # Each rank's own stream: ranks draw different amounts (e.g. dropout on differently padded batches).
-        set_rng_state(state["rng_per_rank"][dist.rank] if "rng_per_rank" in state else state["rng"])
+        set_rng_state(state["rng_per_rank"][dist.rank])
         if unfreezer is not None:
             unfreezer.step(progress_state["step"])
         say(f"resuming from {run_dir} at step {progress_state['step']}/{total_steps}")

@@ -180,12 +180,14 @@ def test_fsdp_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert, tmp_path):
     time.sleep(0.5)
     assert (run_dir / "step-00000004").exists() and not out.exists()
 
-    one_process = subprocess.run([sys.executable, *cmd(out, "29535")[7:]], capture_output=True, text=True, env=env, timeout=600)
+    one_process = subprocess.run([sys.executable, *cmd(out, "29535")[7:]], capture_output=True, text=True, env=env,
+                                 timeout=600)
     assert_clean_error(one_process, "an unfinished run with 2 processes, now 1")
     rerun = subprocess.run(cmd(out, "29535"), capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stdout
-    a, b = json.loads((tmp_path / "straight" / "metrics.json").read_text()), json.loads((out / "metrics.json").read_text())
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
     assert a["train"]["final_train_loss"] == b["train"]["final_train_loss"]
     wa, wb = _weights(tmp_path / "straight"), _weights(out)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
