@@ -107,11 +107,10 @@ async def run_level(port: int, bodies: list[bytes], clients: int, max_requests: 
             "p99_ms": _quantile(ordered, 0.99) * 1e3, **({"rss_kb_samples": rss} if rss_pid else {})}
 
 
-def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: float,
-                  max_batch_tokens: int = 4096) -> list[dict]:
+def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: float) -> list[dict]:
     """The bundle's model alone on random batches of `size` texts (sft-serve's CPU token budget and splitting):
     texts/s and batch latency. `size` concurrent single-text clients cannot be served faster than this."""
-    from serve.batcher import split_by_length
+    from serve.batcher import CPU_MAX_BATCH_TOKENS, split_by_length
     from serve.runtime import TextClassifier
 
     clf = TextClassifier.from_bundle(bundle, spinning=False)
@@ -124,7 +123,7 @@ def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: floa
             batch = rng.choices(texts, k=size)
             t0 = time.perf_counter()
             encodings = clf.encode(batch)
-            for call in split_by_length([len(e.ids) for e in encodings], max_batch_tokens):
+            for call in split_by_length([len(e.ids) for e in encodings], CPU_MAX_BATCH_TOKENS):
                 clf.logits_of([encodings[i] for i in call])
             times.append(time.perf_counter() - t0)
         ordered = sorted(times)

@@ -57,8 +57,8 @@ def export_quality_png(record: dict[str, Any], path: Path) -> Path:
     """Per exported model: dev accuracy, file size, and texts/s at batch 1 and 32 for each thread count."""
     fig, (ax_acc, ax_size, ax_speed) = pyplot().subplots(1, 3, figsize=(16, 4))
     names = [m["model"] for m in record["models"]]
-    ax_acc.barh(names, [100 * m["accuracy"] for m in record["models"]])
     accuracies = [100 * m["accuracy"] for m in record["models"]]
+    ax_acc.barh(names, accuracies)
     ax_acc.set_xlim(min(accuracies) - 2, max(accuracies) + 1)
     ax_acc.set_title("dev accuracy (%)")
     ax_size.barh(names, [m["file_mb"] for m in record["models"]])
@@ -80,8 +80,8 @@ def trainer_compare_png(record: dict[str, Any], path: Path) -> Path:
     metric = next(k for k in rows[0] if k not in ("arm", "eval_loss", "train_s"))
     fig, (ax_metric, ax_time) = pyplot().subplots(1, 2, figsize=(10, 3))
     arms = [r["arm"] for r in rows]
-    ax_metric.barh(arms, [100 * r[metric] for r in rows])
     values = [100 * r[metric] for r in rows]
+    ax_metric.barh(arms, values)
     ax_metric.set_xlim(min(values) - 2, max(values) + 1)
     ax_metric.set_title(f"eval {metric} (%)")
     ax_time.barh(arms, [r["train_s"] for r in rows])

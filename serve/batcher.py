@@ -22,6 +22,8 @@ from typing import Any
 # What one extra model call costs, in tokens of compute: a call is split off only when that saves more
 # padding. Measured for MiniLM on CPU: ~3 ms fixed per onnxruntime call, ~150 us per token.
 CALL_COST_TOKENS = 24
+# Default token budgets per batch: on CPU bigger batches buy no throughput, only latency and memory.
+CPU_MAX_BATCH_TOKENS, CUDA_MAX_BATCH_TOKENS = 4096, 16384
 
 
 @dataclass
@@ -49,7 +51,7 @@ RunBatch = Callable[[list[Any], list[Any]], list[Any]]
 
 
 class Batcher:
-    def __init__(self, run_batch: RunBatch, *, max_batch_tokens: int = 16384, max_batch_requests: int = 64,
+    def __init__(self, run_batch: RunBatch, *, max_batch_tokens: int = CUDA_MAX_BATCH_TOKENS, max_batch_requests: int = 64,
                  max_queue_delay_ms: float = 2.0, on_batch: Callable[[BatchStats], None] | None = None):
         self.run_batch = run_batch
         self.max_batch_tokens = max_batch_tokens

@@ -118,8 +118,10 @@ def serve_command(
         raise ServeError(f"--max-queue-delay-ms must be >= 0, got {max_queue_delay_ms}")
     kwargs = {"max_new_tokens_cap": max_new_tokens} if _is_generation(bundle) else {}
     runner = load_model(bundle, verify=verify, threads=threads, device=device, spinning=False, **kwargs)
-    if max_batch_tokens is None:  # on CPU bigger batches buy no throughput, only latency and memory
-        max_batch_tokens = 16384 if runner.model.on_cuda else 4096
+    if max_batch_tokens is None:
+        from .batcher import CPU_MAX_BATCH_TOKENS, CUDA_MAX_BATCH_TOKENS
+
+        max_batch_tokens = CUDA_MAX_BATCH_TOKENS if runner.model.on_cuda else CPU_MAX_BATCH_TOKENS
     options = ServeOptions(host=host, port=port, max_batch_tokens=max_batch_tokens,
                            max_batch_requests=max_batch_requests, max_queue_delay_ms=max_queue_delay_ms,
                            max_concurrent_requests=max_concurrent_requests,
