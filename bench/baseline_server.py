@@ -18,8 +18,9 @@ def build_app(checkpoint: str, threads: int | None = None):
     from transformers import pipeline
 
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
-    classify = pipeline("text-classification", model=checkpoint, tokenizer=checkpoint, top_k=None,
-                        device="cpu")
+    classify = pipeline(
+        "text-classification", model=checkpoint, tokenizer=checkpoint, top_k=None, device="cpu"
+    )
     app = FastAPI()
 
     class PredictRequest(BaseModel):

@@ -1,9 +1,10 @@
 """Regression gate on kernel speed, by ratios (never absolute times, which differ by machine).
 
 `sft-bench kernels` runs the kernel benchmarks (the full GPU set on CUDA, the tiny torch-path smoke run
-on CPU) and, with --check, compares every speed-up ratio they report (`speedup_vs_<arm>`, `fwd_vs_sdpa`, ...) against the committed
-baseline in bench/baselines/<benchmark>[_cpu_smoke].json: a ratio below --fraction x its baseline fails
-(exit 1), naming the shape and the arm. --update-baseline writes the current ratios as the new baseline.
+on CPU) and, with --check, compares every speed-up ratio they report (`speedup_vs_<arm>`,
+`fwd_vs_sdpa`, ...) against the committed baseline in bench/baselines/<benchmark>[_cpu_smoke].json: a
+ratio below --fraction x its baseline fails (exit 1), naming the shape and the arm. --update-baseline
+writes the current ratios as the new baseline.
 
     sft-bench kernels --check                   # GPU runner: real kernels against SDPA / eager / Liger
     sft-bench kernels --check --fraction 0.25   # CPU (CI): the torch reference path; tests the harness
@@ -70,13 +71,17 @@ def run_benchmarks(out_dir: Path, cpu: bool) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="sft-bench kernels", description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="fail when a ratio falls below --fraction of its baseline")
+    p.add_argument(
+        "--check", action="store_true", help="fail when a ratio falls below --fraction of its baseline"
+    )
     p.add_argument("--fraction", type=float, default=0.8)
     p.add_argument("--cpu", action="store_true", help="the CPU smoke runs even when CUDA is present")
     p.add_argument("--baselines", type=Path, default=BASELINES)
     p.add_argument("--update-baseline", action="store_true")
     p.add_argument("--out", type=Path, help="keep the raw JSON here [default: a temporary directory]")
-    p.add_argument("--from", dest="from_dir", type=Path, help="check the JSON of an earlier run instead of running")
+    p.add_argument(
+        "--from", dest="from_dir", type=Path, help="check the JSON of an earlier run instead of running"
+    )
     a = p.parse_args(argv)
     import torch
 
@@ -99,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         if not a.check:
             continue
         if not baseline_file.is_file():
-            failures.append(f"{name}: no baseline at {baseline_file} (run with --update-baseline on a reference run)")
+            failures.append(
+                f"{name}: no baseline at {baseline_file} (run with --update-baseline on a reference run)"
+            )
             continue
         baseline = json.loads(baseline_file.read_text())["ratios"]
         found = compare(ratios, baseline, a.fraction)

@@ -7,10 +7,16 @@ import sys
 
 BENCHMARKS = {
     "runtime": ("bench.runtime", "onnxruntime vs PyTorch throughput on this machine (CPU or GPU)"),
-    "export-quality": ("bench.export_quality", "accuracy, size and speed of PyTorch vs ONNX fp32 / O2 / int8 (SST-2)"),
+    "export-quality": (
+        "bench.export_quality",
+        "accuracy, size and speed of PyTorch vs ONNX fp32 / O2 / int8 (SST-2)",
+    ),
     "load": ("bench.load", "sft-serve vs a FastAPI + transformers.pipeline server: throughput, latency, RSS"),
     "train": ("bench.train_speed", "end-to-end training speed vs Trainer / Liger (GPU)"),
-    "trainer-compare": ("bench.trainer_compare", "sft-train vs transformers.Trainer: same data and hyper-parameters"),
+    "trainer-compare": (
+        "bench.trainer_compare",
+        "sft-train vs transformers.Trainer: same data and hyper-parameters",
+    ),
     "kernels": ("bench.check", "all kernel benchmarks; --check gates on ratios against bench/baselines"),
     "kernels-ce": ("bench.kernels_cross_entropy", "fused cross-entropy kernels (GPU)"),
     "kernels-attention": ("bench.kernels_attention", "flash attention kernels (GPU)"),

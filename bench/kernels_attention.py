@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .common import RESULTS_DIR, cpu_time_ms, cuda_time_ms, measured_matmul_tflops, print_table, write_json
 

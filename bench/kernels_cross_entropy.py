@@ -26,14 +26,21 @@ import argparse
 import gc
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import (RESULTS_DIR, cpu_time_ms, cuda_time_ms, measured_copy_bandwidth_gbs, print_table,
-                          write_json)
+from bench.common import (
+    RESULTS_DIR,
+    cpu_time_ms,
+    cuda_time_ms,
+    measured_copy_bandwidth_gbs,
+    print_table,
+    write_json,
+)
 
 NAME = "kernels_cross_entropy"
 CE_NS = (4096, 16384, 32768)
@@ -81,8 +88,9 @@ def flce_arms(device: str) -> dict[str, Arm]:
     backend = "triton" if device == "cuda" else "torch"
     arms: dict[str, Arm] = {
         "ours": lambda h, w, t: fused_linear_cross_entropy(h, w, t, backend=backend),
-        "ours(accum=weight dtype)": lambda h, w, t: fused_linear_cross_entropy(h, w, t, accum_dtype=None,
-                                                                               backend=backend),
+        "ours(accum=weight dtype)": lambda h, w, t: fused_linear_cross_entropy(
+            h, w, t, accum_dtype=None, backend=backend
+        ),
         "unfused": lambda h, w, t: F.cross_entropy(F.linear(h, w), t),
     }
     if device == "cuda" and hasattr(F, "linear_cross_entropy"):  # on CPU, its first call imports dynamo
@@ -137,14 +145,21 @@ def _reference_ce(x: torch.Tensor, t: torch.Tensor, rows: int = 2048) -> float:
     """fp32 mean cross-entropy, computed in row chunks (no fp32 copy of all logits)."""
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for s in range(0, x.shape[0], rows):
-        xc = x[s:s + rows].detach().float()
-        total += (torch.logsumexp(xc, 1) - xc.gather(1, t[s:s + rows, None]).squeeze(1)).sum().double()
+        xc = x[s : s + rows].detach().float()
+        total += (torch.logsumexp(xc, 1) - xc.gather(1, t[s : s + rows, None]).squeeze(1)).sum().double()
     return float(total / x.shape[0])
 
 
-def bench_ce_shape(n: int, v: int, arms: dict[str, Arm], *, device: str, dtype: torch.dtype,
-                   timer: Callable[[Callable[[], Any]], float],
-                   copy_gbs: float | None) -> list[dict[str, Any]]:
+def bench_ce_shape(
+    n: int,
+    v: int,
+    arms: dict[str, Arm],
+    *,
+    device: str,
+    dtype: torch.dtype,
+    timer: Callable[[Callable[[], Any]], float],
+    copy_gbs: float | None,
+) -> list[dict[str, Any]]:
     rows, ref = [], None
     for name, fn in arms.items():
         row: dict[str, Any] = {"bench": "ce", "arm": name, "N": n, "V": v, "dtype": str(dtype).split(".")[-1]}
@@ -156,10 +171,10 @@ def bench_ce_shape(n: int, v: int, arms: dict[str, Arm], *, device: str, dtype: 
             if ref is None:
                 ref = _reference_ce(x, t)
 
-            def fwd():
+            def fwd(fn=fn, x=x, t=t):
                 return fn(x, t)
 
-            def fwd_bwd():
+            def fwd_bwd(fn=fn, x=x, t=t):
                 x.grad = None
                 fn(x, t).backward()
 
@@ -186,20 +201,34 @@ def bench_ce_shape(n: int, v: int, arms: dict[str, Arm], *, device: str, dtype: 
     return rows
 
 
-def bench_flce_shape(n: int, h: int, v: int, arms: dict[str, Arm], *, device: str, dtype: torch.dtype,
-                     timer: Callable[[Callable[[], Any]], float]) -> list[dict[str, Any]]:
+def bench_flce_shape(
+    n: int,
+    h: int,
+    v: int,
+    arms: dict[str, Arm],
+    *,
+    device: str,
+    dtype: torch.dtype,
+    timer: Callable[[Callable[[], Any]], float],
+) -> list[dict[str, Any]]:
     rows, ref = [], None
     for name, fn in arms.items():
-        row: dict[str, Any] = {"bench": "flce", "arm": name, "N": n, "H": h, "V": v,
-                               "dtype": str(dtype).split(".")[-1]}
+        row: dict[str, Any] = {
+            "bench": "flce",
+            "arm": name,
+            "N": n,
+            "H": h,
+            "V": v,
+            "dtype": str(dtype).split(".")[-1],
+        }
         hid = w = t = loss = None
         try:
             g = torch.Generator(device=device).manual_seed(n + v)
             hid = torch.randn(n, h, device=device, dtype=dtype, generator=g).requires_grad_()
-            w = (torch.randn(v, h, device=device, dtype=dtype, generator=g) * h ** -0.5).requires_grad_()
+            w = (torch.randn(v, h, device=device, dtype=dtype, generator=g) * h**-0.5).requires_grad_()
             t = torch.randint(0, v, (n,), device=device, generator=g)
 
-            def fwd_bwd():
+            def fwd_bwd(fn=fn, hid=hid, w=w, t=t):
                 hid.grad = w.grad = None
                 fn(hid, w, t).backward()
 
@@ -283,8 +312,10 @@ def plot(ce_rows: list[dict[str, Any]], flce_rows: list[dict[str, Any]], path: P
         print("matplotlib not installed: no plot")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
-    panels = ((axes[0], ce_rows, "cross-entropy fwd+bwd", lambda r: f"{_k(r['N'])} x {_k(r['V'])}"),
-              (axes[1], flce_rows, "linear + CE fwd+bwd", lambda r: f"N={_k(r['N'])}"))
+    panels = (
+        (axes[0], ce_rows, "cross-entropy fwd+bwd", lambda r: f"{_k(r['N'])} x {_k(r['V'])}"),
+        (axes[1], flce_rows, "linear + CE fwd+bwd", lambda r: f"N={_k(r['N'])}"),
+    )
     for ax, rows, label, key in panels:
         shapes = list(dict.fromkeys(key(r) for r in rows))
         arms = list(dict.fromkeys(r["arm"] for r in rows))
@@ -304,10 +335,31 @@ def plot(ce_rows: list[dict[str, Any]], flce_rows: list[dict[str, Any]], path: P
 
 
 def _finish(name: str, payload: dict[str, Any], out_dir: Path) -> Path:
-    ce_cols = ["arm", "N", "V", "fwd_ms", "bwd_ms", "fwd_bwd_ms", "gbs", "pct_copy_bw", "peak_mib",
-               "loss_err", "status"]
-    flce_cols = ["arm", "N", "H", "V", "fwd_bwd_ms", "peak_mib", "time_vs_unfused", "mem_vs_unfused",
-                 "loss_diff", "status"]
+    ce_cols = [
+        "arm",
+        "N",
+        "V",
+        "fwd_ms",
+        "bwd_ms",
+        "fwd_bwd_ms",
+        "gbs",
+        "pct_copy_bw",
+        "peak_mib",
+        "loss_err",
+        "status",
+    ]
+    flce_cols = [
+        "arm",
+        "N",
+        "H",
+        "V",
+        "fwd_bwd_ms",
+        "peak_mib",
+        "time_vs_unfused",
+        "mem_vs_unfused",
+        "loss_diff",
+        "status",
+    ]
     if payload["ce"]:
         print_table(payload["ce"], ce_cols)
         print()
@@ -331,21 +383,29 @@ def run_cpu_smoke(out_dir: Path | str | None = None) -> dict[str, Any]:
     timer = lambda fn: cpu_time_ms(fn, repeats=3, warmup=1)  # noqa: E731
     ce_rows = []
     for n, v in ((64, 37), (64, 1000)):
-        ce_rows += bench_ce_shape(n, v, ce_arms("cpu"), device="cpu", dtype=torch.float32, timer=timer,
-                                  copy_gbs=None)
-    flce_rows = bench_flce_shape(64, 32, 1000, flce_arms("cpu"), device="cpu", dtype=torch.float32,
-                                 timer=timer)
-    payload = {"mode": "cpu-smoke", "ce": ce_rows, "ce_summary": summarize_ce(ce_rows, "ours(torch path)"),
-               "flce": flce_rows}
+        ce_rows += bench_ce_shape(
+            n, v, ce_arms("cpu"), device="cpu", dtype=torch.float32, timer=timer, copy_gbs=None
+        )
+    flce_rows = bench_flce_shape(
+        64, 32, 1000, flce_arms("cpu"), device="cpu", dtype=torch.float32, timer=timer
+    )
+    payload = {
+        "mode": "cpu-smoke",
+        "ce": ce_rows,
+        "ce_summary": summarize_ce(ce_rows, "ours(torch path)"),
+        "flce": flce_rows,
+    }
     _finish(f"{NAME}_cpu_smoke", payload, out_dir)
     return payload
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.kernels_cross_entropy",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="fewer shapes: N=16k x V in {32k,128k}; linear+CE N=8k")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.kernels_cross_entropy", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="fewer shapes: N=16k x V in {32k,128k}; linear+CE N=8k"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON and PNG")
     p.add_argument("--sweep", action="store_true", help="also sweep (BLOCK, num_warps) at N=16k, V=128k")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run of the harness (no GPU needed)")
@@ -354,8 +414,11 @@ def main(argv: list[str] | None = None) -> None:
         run_cpu_smoke(args.out)
         return
     if not torch.cuda.is_available():
-        print("kernels_cross_entropy: needs a CUDA GPU (none found); "
-              "use --cpu-smoke to check the harness on CPU", file=sys.stderr)
+        print(
+            "kernels_cross_entropy: needs a CUDA GPU (none found); "
+            "use --cpu-smoke to check the harness on CPU",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     from kernels._backend import triton_available
 
@@ -371,16 +434,24 @@ def main(argv: list[str] | None = None) -> None:
     for n in ns:
         for v in vs:
             print(f"cross-entropy N={n} V={v} ...", flush=True)
-            ce_rows += bench_ce_shape(n, v, arms, device="cuda", dtype=torch.bfloat16, timer=cuda_time_ms,
-                                      copy_gbs=copy_gbs)
+            ce_rows += bench_ce_shape(
+                n, v, arms, device="cuda", dtype=torch.bfloat16, timer=cuda_time_ms, copy_gbs=copy_gbs
+            )
     sweep = sweep_ce_configs(16384, 131072, cuda_time_ms) if args.sweep else []
     flce_rows = []
-    for n in (FLCE_NS[:1] if args.quick else FLCE_NS):
+    for n in FLCE_NS[:1] if args.quick else FLCE_NS:
         print(f"linear + cross-entropy N={n} H={FLCE_H} V={FLCE_V} ...", flush=True)
-        flce_rows += bench_flce_shape(n, FLCE_H, FLCE_V, flce_arms("cuda"), device="cuda",
-                                      dtype=torch.bfloat16, timer=cuda_time_ms)
-    payload = {"mode": "quick" if args.quick else "full", "copy_bandwidth_gbs": copy_gbs, "ce": ce_rows,
-               "ce_summary": summarize_ce(ce_rows, "ours"), "ce_sweep": sweep, "flce": flce_rows}
+        flce_rows += bench_flce_shape(
+            n, FLCE_H, FLCE_V, flce_arms("cuda"), device="cuda", dtype=torch.bfloat16, timer=cuda_time_ms
+        )
+    payload = {
+        "mode": "quick" if args.quick else "full",
+        "copy_bandwidth_gbs": copy_gbs,
+        "ce": ce_rows,
+        "ce_summary": summarize_ce(ce_rows, "ours"),
+        "ce_sweep": sweep,
+        "flce": flce_rows,
+    }
     _finish(NAME, payload, args.out)
 
 

@@ -45,13 +45,17 @@ class Connection:
     async def post(self, path: str, body: bytes) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ")[1])
-        headers = {k.strip().lower(): v.strip() for k, _,
-                   v in (line.partition(":") for line in lines[1:] if line)}
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+        }
         await self.reader.readexactly(int(headers.get("content-length", "0")))
         if headers.get("connection", "").lower() == "close":
             self.close()
@@ -63,8 +67,14 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def run_level(port: int, bodies: list[bytes], clients: int, max_requests: int, seconds: float,
-                    rss_pid: int | None = None) -> dict:
+async def run_level(
+    port: int,
+    bodies: list[bytes],
+    clients: int,
+    max_requests: int,
+    seconds: float,
+    rss_pid: int | None = None,
+) -> dict:
     """Closed-loop load: `clients` connections, until `max_requests` are sent or `seconds` pass."""
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -101,15 +111,25 @@ async def run_level(port: int, bodies: list[bytes], clients: int, max_requests: 
         sampler.cancel()
     ok = statuses.get("200", 0)
     ordered = sorted(latencies)
-    return {"clients": clients, "requests": len(latencies), "ok": ok, "errors": len(latencies) - ok,
-            "statuses": statuses, "seconds": elapsed, "throughput_rps": ok / elapsed,
-            "p50_ms": _quantile(ordered, 0.50) * 1e3, "p95_ms": _quantile(ordered, 0.95) * 1e3,
-            "p99_ms": _quantile(ordered, 0.99) * 1e3, **({"rss_kb_samples": rss} if rss_pid else {})}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "ok": ok,
+        "errors": len(latencies) - ok,
+        "statuses": statuses,
+        "seconds": elapsed,
+        "throughput_rps": ok / elapsed,
+        "p50_ms": _quantile(ordered, 0.50) * 1e3,
+        "p95_ms": _quantile(ordered, 0.95) * 1e3,
+        "p99_ms": _quantile(ordered, 0.99) * 1e3,
+        **({"rss_kb_samples": rss} if rss_pid else {}),
+    }
 
 
 def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: float) -> list[dict]:
-    """The bundle's model alone on random batches of `size` texts (sft-serve's CPU token budget and splitting):
-    texts/s and batch latency. `size` concurrent single-text clients cannot be served faster than this."""
+    """The bundle's model alone on random batches of `size` texts (sft-serve's CPU token budget and
+    splitting):
+        texts/s and batch latency. `size` concurrent single-text clients cannot be served faster than this."""
     from serve.batcher import CPU_MAX_BATCH_TOKENS, split_by_length
     from serve.runtime import TextClassifier
 
@@ -127,9 +147,15 @@ def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: floa
                 clf.logits_of([encodings[i] for i in call])
             times.append(time.perf_counter() - t0)
         ordered = sorted(times)
-        rows.append({"batch_size": size, "texts_per_s": size * len(times) / sum(times),
-                     "p50_ms": _quantile(ordered, 0.50) * 1e3, "p99_ms": _quantile(ordered, 0.99) * 1e3,
-                     "batches": len(times)})
+        rows.append(
+            {
+                "batch_size": size,
+                "texts_per_s": size * len(times) / sum(times),
+                "p50_ms": _quantile(ordered, 0.50) * 1e3,
+                "p99_ms": _quantile(ordered, 0.99) * 1e3,
+                "batches": len(times),
+            }
+        )
     return rows
 
 
@@ -150,8 +176,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cmd: list[str], port: int, first_body: bytes, timeout_s: float = 180.0,
-                 log=subprocess.DEVNULL) -> tuple[subprocess.Popen, float]:
+def start_server(
+    cmd: list[str], port: int, first_body: bytes, timeout_s: float = 180.0, log=subprocess.DEVNULL
+) -> tuple[subprocess.Popen, float]:
     """Start the server; return it and the seconds from process start to its first 200 on /predict."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
@@ -190,8 +217,18 @@ def stop_server(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
-def bench_server(name: str, cmd: list[str], port: int, bodies: list[bytes], levels: list[int], *,
-                 seconds: float, max_requests: int, soak: int, cold_starts: int) -> dict:
+def bench_server(
+    name: str,
+    cmd: list[str],
+    port: int,
+    bodies: list[bytes],
+    levels: list[int],
+    *,
+    seconds: float,
+    max_requests: int,
+    soak: int,
+    cold_starts: int,
+) -> dict:
     colds = []
     for _ in range(cold_starts - 1):  # extra cold starts, measured and stopped at once
         proc, cold = start_server(cmd, port, bodies[0])
@@ -199,26 +236,41 @@ def bench_server(name: str, cmd: list[str], port: int, bodies: list[bytes], leve
         stop_server(proc)
     proc, cold = start_server(cmd, port, bodies[0])
     colds.append(cold)
-    result: dict = {"server": name, "command": cmd, "load_average_before": os.getloadavg(),
-                    "cold_start_s": sorted(colds)[len(colds) // 2],
-                    "cold_start_all_s": colds, "rss_after_start_kb": rss_kb(proc.pid), "levels": []}
+    result: dict = {
+        "server": name,
+        "command": cmd,
+        "load_average_before": os.getloadavg(),
+        "cold_start_s": sorted(colds)[len(colds) // 2],
+        "cold_start_all_s": colds,
+        "rss_after_start_kb": rss_kb(proc.pid),
+        "levels": [],
+    }
     try:
         asyncio.run(run_level(port, bodies, 8, 200, 30))  # warm-up, not reported
         for clients in levels:
             level = asyncio.run(run_level(port, bodies, clients, max_requests, seconds))
             result["levels"].append(level)
-            print(f"  {name} {clients:>3} clients: {level['throughput_rps']:.0f} req/s, "
-                  f"p99 {level['p99_ms']:.1f} ms, errors {level['errors']}", flush=True)
+            print(
+                f"  {name} {clients:>3} clients: {level['throughput_rps']:.0f} req/s, "
+                f"p99 {level['p99_ms']:.1f} ms, errors {level['errors']}",
+                flush=True,
+            )
         if soak:
             level = asyncio.run(run_level(port, bodies, max(levels), soak, 3600, rss_pid=proc.pid))
             samples = level.pop("rss_kb_samples")
             tenth = max(1, len(samples) // 10)
-            level.update(rss_first_tenth_kb=max(samples[:tenth]), rss_last_tenth_kb=max(samples[-tenth:]),
-                         rss_max_kb=max(samples))
+            level.update(
+                rss_first_tenth_kb=max(samples[:tenth]),
+                rss_last_tenth_kb=max(samples[-tenth:]),
+                rss_max_kb=max(samples),
+            )
             result["soak"] = level
-            print(f"  {name} soak: {level['ok']}/{level['requests']} ok, "
-                  f"RSS {level['rss_first_tenth_kb']} -> "
-                  f"{level['rss_last_tenth_kb']} kB", flush=True)
+            print(
+                f"  {name} soak: {level['ok']}/{level['requests']} ok, "
+                f"RSS {level['rss_first_tenth_kb']} -> "
+                f"{level['rss_last_tenth_kb']} kB",
+                flush=True,
+            )
         result["peak_rss_kb"] = rss_kb(proc.pid, "VmHWM")
         result["load_average_after"] = os.getloadavg()
     finally:
@@ -233,14 +285,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", default="1,8,32,64", help="concurrency levels")
     p.add_argument("--seconds", type=float, default=10.0, help="time limit per level")
     p.add_argument("--requests", type=int, default=20000, help="request limit per level")
-    p.add_argument("--soak", type=int, default=10000, help="requests at the highest level for the RSS soak "
-                                                           "(sft-serve only; 0: none)")
-    p.add_argument("--cold-starts", type=int, default=3,
-                   help="cold starts per server (the median is reported)")
+    p.add_argument(
+        "--soak",
+        type=int,
+        default=10000,
+        help="requests at the highest level for the RSS soak (sft-serve only; 0: none)",
+    )
+    p.add_argument(
+        "--cold-starts", type=int, default=3, help="cold starts per server (the median is reported)"
+    )
     p.add_argument("--texts", help="file of texts (one per line, or a GLUE .tsv) [default: demo eval texts]")
     p.add_argument("--servers", default="sft-serve,baseline")
-    p.add_argument("--ceiling-seconds", type=float, default=5.0,
-                   help="time per batch size for the model-only ceiling (0: skip it)")
+    p.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=5.0,
+        help="time per batch size for the model-only ceiling (0: skip it)",
+    )
     p.add_argument("--serve-args", default="", help="extra arguments for sft-serve")
     p.add_argument("--out", help="directory for the JSON [default: bench/results]; --no-write to skip")
     p.add_argument("--no-write", action="store_true")
@@ -251,59 +312,116 @@ def main(argv: list[str] | None = None) -> None:
     bin_dir = Path(sys.executable).parent
     ceiling = []
     if a.ceiling_seconds > 0:
-        ceiling = model_ceiling(a.bundle, [json.loads(b)["inputs"] for b in bodies], levels, a.ceiling_seconds)
+        ceiling = model_ceiling(
+            a.bundle, [json.loads(b)["inputs"] for b in bodies], levels, a.ceiling_seconds
+        )
         print("model alone (no HTTP, no client):")
         print_table(ceiling, ["batch_size", "texts_per_s", "p50_ms", "p99_ms", "batches"])
     results = []
     for name in a.servers.split(","):
         port = free_port()
         if name == "sft-serve":
-            cmd = [str(bin_dir / "sft-serve"), a.bundle, "--host", HOST, "--port", str(port),
-                   *a.serve_args.split()]
+            cmd = [
+                str(bin_dir / "sft-serve"),
+                a.bundle,
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                *a.serve_args.split(),
+            ]
         elif name == "baseline":
             cmd = [sys.executable, "-m", "bench.baseline_server", a.checkpoint, "--port", str(port)]
         else:
             raise SystemExit(f"error: unknown server {name!r} (sft-serve, baseline)")
         print(f"{name}: {' '.join(cmd)}  (load average {os.getloadavg()[0]:.1f})", flush=True)
-        results.append(bench_server(name, cmd, port, bodies, levels, seconds=a.seconds,
-                                    max_requests=a.requests,
-                                    soak=a.soak if name == "sft-serve" else 0, cold_starts=a.cold_starts))
-    rows = [{"server": r["server"], "clients": lv["clients"], "requests": lv["requests"],
-             "errors": lv["errors"],
-             "req_per_s": lv["throughput_rps"], "p50_ms": lv["p50_ms"], "p95_ms": lv["p95_ms"],
-             "p99_ms": lv["p99_ms"]}
-            for r in results for lv in r["levels"]]
+        results.append(
+            bench_server(
+                name,
+                cmd,
+                port,
+                bodies,
+                levels,
+                seconds=a.seconds,
+                max_requests=a.requests,
+                soak=a.soak if name == "sft-serve" else 0,
+                cold_starts=a.cold_starts,
+            )
+        )
+    rows = [
+        {
+            "server": r["server"],
+            "clients": lv["clients"],
+            "requests": lv["requests"],
+            "errors": lv["errors"],
+            "req_per_s": lv["throughput_rps"],
+            "p50_ms": lv["p50_ms"],
+            "p95_ms": lv["p95_ms"],
+            "p99_ms": lv["p99_ms"],
+        }
+        for r in results
+        for lv in r["levels"]
+    ]
     print()
     print_table(rows, ["server", "clients", "requests", "errors", "req_per_s", "p50_ms", "p95_ms", "p99_ms"])
     print()
-    print_table([{"server": r["server"], "load_avg": f"{r['load_average_before'][0]:.1f} -> "
-                                                  f"{r.get('load_average_after', [float('nan')])[0]:.1f}",
-                  "cold_start_s": r["cold_start_s"], "peak_rss_mb": r["peak_rss_kb"] / 1024,
-                  "soak": f"{r['soak']['ok']}/{r['soak']['requests']} ok" if "soak" in r else "",
-                  "soak_rss_mb": (f"{r['soak']['rss_first_tenth_kb'] / 1024:.0f} -> "
-                                  f"{r['soak']['rss_last_tenth_kb'] / 1024:.0f}") if "soak" in r else ""}
-                 for r in results],
-                 ["server", "load_avg", "cold_start_s", "peak_rss_mb", "soak", "soak_rss_mb"])
+    print_table(
+        [
+            {
+                "server": r["server"],
+                "load_avg": f"{r['load_average_before'][0]:.1f} -> "
+                f"{r.get('load_average_after', [float('nan')])[0]:.1f}",
+                "cold_start_s": r["cold_start_s"],
+                "peak_rss_mb": r["peak_rss_kb"] / 1024,
+                "soak": f"{r['soak']['ok']}/{r['soak']['requests']} ok" if "soak" in r else "",
+                "soak_rss_mb": (
+                    f"{r['soak']['rss_first_tenth_kb'] / 1024:.0f} -> "
+                    f"{r['soak']['rss_last_tenth_kb'] / 1024:.0f}"
+                )
+                if "soak" in r
+                else "",
+            }
+            for r in results
+        ],
+        ["server", "load_avg", "cold_start_s", "peak_rss_mb", "soak", "soak_rss_mb"],
+    )
     by_name = {r["server"]: r for r in results}
     summary = {}
     if "sft-serve" in by_name and "baseline" in by_name:
-        for ours, theirs in zip(by_name["sft-serve"]["levels"], by_name["baseline"]["levels"]):
-            summary[f"speedup_at_{ours['clients']}"] = ours["throughput_rps"] / max(theirs["throughput_rps"],
-                                                                                    1e-9)
-        print("\nthroughput ratio sft-serve / baseline: "
-              + ", ".join(f"{k.split('_')[-1]} clients {v:.1f}x" for k, v in summary.items()))
+        for ours, theirs in zip(by_name["sft-serve"]["levels"], by_name["baseline"]["levels"], strict=False):
+            summary[f"speedup_at_{ours['clients']}"] = ours["throughput_rps"] / max(
+                theirs["throughput_rps"], 1e-9
+            )
+        print(
+            "\nthroughput ratio sft-serve / baseline: "
+            + ", ".join(f"{k.split('_')[-1]} clients {v:.1f}x" for k, v in summary.items())
+        )
     if "sft-serve" in by_name and ceiling:
-        for level, alone in zip(by_name["sft-serve"]["levels"], ceiling):
+        for level, alone in zip(by_name["sft-serve"]["levels"], ceiling, strict=False):
             ratio = level["throughput_rps"] / alone["texts_per_s"]
             summary[f"served_over_model_alone_at_{level['clients']}"] = ratio
-        print("sft-serve throughput / the model alone at the same batch size: " + ", ".join(
-            f"{k.split('_')[-1]} clients {v:.0%}" for k, v in summary.items() if k.startswith("served_")))
+        print(
+            "sft-serve throughput / the model alone at the same batch size: "
+            + ", ".join(
+                f"{k.split('_')[-1]} clients {v:.0%}" for k, v in summary.items() if k.startswith("served_")
+            )
+        )
     if not a.no_write:
-        path = write_json("serve_load", {"bundle": a.bundle, "checkpoint": a.checkpoint, "levels": levels,
-                                         "model_alone": ceiling,
-                                         "seconds_per_level": a.seconds, "requests_per_level": a.requests,
-                                         "cpu_count": os.cpu_count(), "results": results, "summary": summary},
-                          Path(a.out) if a.out else None)
+        path = write_json(
+            "serve_load",
+            {
+                "bundle": a.bundle,
+                "checkpoint": a.checkpoint,
+                "levels": levels,
+                "model_alone": ceiling,
+                "seconds_per_level": a.seconds,
+                "requests_per_level": a.requests,
+                "cpu_count": os.cpu_count(),
+                "results": results,
+                "summary": summary,
+            },
+            Path(a.out) if a.out else None,
+        )
         print(f"wrote {path} and {draw(path)}")
 
 

@@ -1,6 +1,7 @@
-"""PNG figures drawn from the benchmarks' JSON records, so a committed result can be redrawn without rerunning:
+"""PNG figures drawn from the benchmarks' JSON records, so a committed result can be redrawn without
+rerunning:
 
-    python -m bench.plots bench/results/serve_load_int8.json bench/results/export_quality_cpu.json
+python -m bench.plots bench/results/serve_load_int8.json bench/results/export_quality_cpu.json
 """
 
 from __future__ import annotations
@@ -35,16 +36,27 @@ def serve_load_png(record: dict[str, Any], path: Path) -> Path:
     fig, (ax_rps, ax_p99) = pyplot().subplots(1, 2, figsize=(11, 4))
     for server in record["results"]:
         clients = [lv["clients"] for lv in server["levels"]]
-        ax_rps.plot(clients, [lv["throughput_rps"] for lv in server["levels"]], marker="o",
-                    label=server["server"])
+        ax_rps.plot(
+            clients, [lv["throughput_rps"] for lv in server["levels"]], marker="o", label=server["server"]
+        )
         ax_p99.plot(clients, [lv["p99_ms"] for lv in server["levels"]], marker="o", label=server["server"])
     alone = record.get("model_alone") or []
     if alone:
         sizes = [r["batch_size"] for r in alone]
-        ax_rps.plot(sizes, [r["texts_per_s"] for r in alone], linestyle="--", color="gray",
-                    label="model alone (batch = clients)")
-        ax_p99.plot(sizes, [r["p99_ms"] for r in alone], linestyle="--", color="gray",
-                    label="model alone (batch = clients)")
+        ax_rps.plot(
+            sizes,
+            [r["texts_per_s"] for r in alone],
+            linestyle="--",
+            color="gray",
+            label="model alone (batch = clients)",
+        )
+        ax_p99.plot(
+            sizes,
+            [r["p99_ms"] for r in alone],
+            linestyle="--",
+            color="gray",
+            label="model alone (batch = clients)",
+        )
     for ax, title in ((ax_rps, "requests / s"), (ax_p99, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
@@ -102,8 +114,12 @@ def runtime_png(record: dict[str, Any], path: Path) -> Path:
     return save_png(fig, path)
 
 
-DRAWERS = {"runtime": runtime_png, "serve_load": serve_load_png, "export_quality": export_quality_png,
-           "trainer_compare": trainer_compare_png}
+DRAWERS = {
+    "runtime": runtime_png,
+    "serve_load": serve_load_png,
+    "export_quality": export_quality_png,
+    "trainer_compare": trainer_compare_png,
+}
 
 
 def draw(json_path: Path) -> Path:

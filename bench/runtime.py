@@ -33,7 +33,7 @@ def read_texts(path: str | None) -> list[str]:
 
 
 def _throughput(fn, texts: list[str], batch_size: int, seconds: float) -> dict:
-    batches = [texts[i:i + batch_size] for i in range(0, len(texts) - batch_size + 1, batch_size)]
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts) - batch_size + 1, batch_size)]
     fn(batches[0])  # warm-up
     latencies, done, i = [], 0, 0
     t_end = time.perf_counter() + seconds
@@ -45,13 +45,24 @@ def _throughput(fn, texts: list[str], batch_size: int, seconds: float) -> dict:
         done += len(b)
         i += 1
     total = sum(latencies)
-    return {"texts_per_s": done / total, "median_batch_ms": statistics.median(latencies) * 1e3,
-            "batches": len(latencies)}
+    return {
+        "texts_per_s": done / total,
+        "median_batch_ms": statistics.median(latencies) * 1e3,
+        "batches": len(latencies),
+    }
 
 
-def run(checkpoint: str, bundle: str, *, texts_file: str | None = None, batch_sizes=(1, 32),
-        seconds: float = 5.0, threads: int | None = None, agreement_file: str | None = None,
-        out_dir: str | None = None) -> dict:
+def run(
+    checkpoint: str,
+    bundle: str,
+    *,
+    texts_file: str | None = None,
+    batch_sizes=(1, 32),
+    seconds: float = 5.0,
+    threads: int | None = None,
+    agreement_file: str | None = None,
+    out_dir: str | None = None,
+) -> dict:
     import os
 
     import numpy as np
@@ -78,19 +89,37 @@ def run(checkpoint: str, bundle: str, *, texts_file: str | None = None, batch_si
     for bs in batch_sizes:
         pt = _throughput(torch_logits, texts, bs, seconds)
         ort = _throughput(clf.logits, texts, bs, seconds)
-        rows.append({"batch_size": bs, "torch_texts_per_s": pt["texts_per_s"], "ort_texts_per_s": ort["texts_per_s"],
-                     "speedup": ort["texts_per_s"] / pt["texts_per_s"], "torch_median_ms": pt["median_batch_ms"],
-                     "ort_median_ms": ort["median_batch_ms"]})
-    result = {"checkpoint": checkpoint, "bundle": bundle, "threads": threads, "seconds_per_arm": seconds,
-              "max_length": max_length, "throughput": rows}
+        rows.append(
+            {
+                "batch_size": bs,
+                "torch_texts_per_s": pt["texts_per_s"],
+                "ort_texts_per_s": ort["texts_per_s"],
+                "speedup": ort["texts_per_s"] / pt["texts_per_s"],
+                "torch_median_ms": pt["median_batch_ms"],
+                "ort_median_ms": ort["median_batch_ms"],
+            }
+        )
+    result = {
+        "checkpoint": checkpoint,
+        "bundle": bundle,
+        "threads": threads,
+        "seconds_per_arm": seconds,
+        "max_length": max_length,
+        "throughput": rows,
+    }
     if agreement_file:
         eval_texts = read_texts(agreement_file)
-        a = np.concatenate([clf.logits(eval_texts[i:i + 64]) for i in range(0, len(eval_texts), 64)])
-        b = np.concatenate([torch_logits(eval_texts[i:i + 64]) for i in range(0, len(eval_texts), 64)])
-        result["agreement"] = {"texts": len(eval_texts), "max_abs_logit_diff": float(np.abs(a - b).max()),
-                               "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).mean())}
-    print_table(rows, ["batch_size", "torch_texts_per_s", "ort_texts_per_s", "speedup", "torch_median_ms",
-                       "ort_median_ms"])
+        a = np.concatenate([clf.logits(eval_texts[i : i + 64]) for i in range(0, len(eval_texts), 64)])
+        b = np.concatenate([torch_logits(eval_texts[i : i + 64]) for i in range(0, len(eval_texts), 64)])
+        result["agreement"] = {
+            "texts": len(eval_texts),
+            "max_abs_logit_diff": float(np.abs(a - b).max()),
+            "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()),
+        }
+    print_table(
+        rows,
+        ["batch_size", "torch_texts_per_s", "ort_texts_per_s", "speedup", "torch_median_ms", "ort_median_ms"],
+    )
     if "agreement" in result:
         print("agreement:", result["agreement"])
     path = write_json("runtime_cpu", result, Path(out_dir) if out_dir else None)
@@ -109,8 +138,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--agreement", help="also compare logits of both runtimes over this file")
     p.add_argument("--out", help="directory for the JSON [default: bench/results]")
     a = p.parse_args(argv)
-    run(a.checkpoint, a.bundle, texts_file=a.texts, batch_sizes=[int(x) for x in a.batch_sizes.split(",")],
-        seconds=a.seconds, threads=a.threads, agreement_file=a.agreement, out_dir=a.out)
+    run(
+        a.checkpoint,
+        a.bundle,
+        texts_file=a.texts,
+        batch_sizes=[int(x) for x in a.batch_sizes.split(",")],
+        seconds=a.seconds,
+        threads=a.threads,
+        agreement_file=a.agreement,
+        out_dir=a.out,
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def lengths_for(workload: str, n: int, max_len: int, seed: int = 0) -> list[tupl
         recs = json.loads(path.read_text())
         pairs = [(len((r["instruction"] + " " + r["input"]).split()), len(r["output"].split())) for r in recs]
     else:
-        pairs = [(max(4, int(rng.lognormvariate(3.0, 0.7))), max(1, int(rng.lognormvariate(4.0, 0.9))))
-                 for _ in range(5000)]
+        pairs = [
+            (max(4, int(rng.lognormvariate(3.0, 0.7))), max(1, int(rng.lognormvariate(4.0, 0.9))))
+            for _ in range(5000)
+        ]
     out = []
     for _ in range(n):
         p, r = rng.choice(pairs)
@@ -73,14 +75,33 @@ def build_model(workload: str, smoke: bool):
 
     torch.manual_seed(0)
     if workload == "encoder":
-        cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128) if smoke \
-            else BertConfig()  # bert-base: 768 x 12 layers
+        cfg = (
+            BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+            if smoke
+            else BertConfig()
+        )  # bert-base: 768 x 12 layers
         cfg.num_labels = 2
         return BertForSequenceClassification(cfg)
-    cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2) if smoke else \
-        LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096)
+    cfg = (
+        LlamaConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        if smoke
+        else LlamaConfig(
+            vocab_size=32000,
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=4096,
+        )
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -123,8 +144,11 @@ def run_arm(arm: str, workload: str, steps: int, warmup: int, smoke: bool, seed:
         return _run_trainer(arm, model, batches, workload, warmup, device)
 
     backend = "triton" if arm in ("ours-triton", "ours-packed") else "torch"
-    cfg = TrainConfig(train="-", task="causal-lm" if workload == "decoder" else "sequence-classification",
-                      packing=arm == "ours-packed")
+    cfg = TrainConfig(
+        train="-",
+        task="causal-lm" if workload == "decoder" else "sequence-classification",
+        packing=arm == "ours-packed",
+    )
     task = CausalLM(cfg) if workload == "decoder" else SequenceClassification(cfg)
     if backend == "triton":
         from sft.patch_attention import patch_model
@@ -190,11 +214,22 @@ def _run_trainer(arm, model, batches, workload, warmup, device) -> dict:
             if state.global_step > warmup:
                 times.append(time.perf_counter() - self.t0)
 
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="speed-"), per_device_train_batch_size=per_step,
-                             max_steps=len(batches), learning_rate=1e-4, lr_scheduler_type="constant",
-                             bf16=device.type == "cuda", max_grad_norm=1.0,
-                             save_strategy="no", report_to=[], logging_steps=1, disable_tqdm=True,
-                             use_cpu=device.type != "cuda", dataloader_num_workers=0, seed=0)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="speed-"),
+        per_device_train_batch_size=per_step,
+        max_steps=len(batches),
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        bf16=device.type == "cuda",
+        max_grad_norm=1.0,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1,
+        disable_tqdm=True,
+        use_cpu=device.type != "cuda",
+        dataloader_num_workers=0,
+        seed=0,
+    )
 
     class InOrder(Trainer):  # the same batches in the same order as the other arms
         def _get_train_sampler(self, *a, **k):
@@ -217,8 +252,10 @@ class _PadCollator:
 
         width = max(len(r["input_ids"]) for r in rows)
         pad = lambda xs, v: [list(x) + [v] * (width - len(x)) for x in xs]  # noqa: E731
-        batch = {"input_ids": torch.tensor(pad([r["input_ids"] for r in rows], self.pad_id)),
-                 "attention_mask": torch.tensor(pad([[1] * len(r["input_ids"]) for r in rows], 0))}
+        batch = {
+            "input_ids": torch.tensor(pad([r["input_ids"] for r in rows], self.pad_id)),
+            "attention_mask": torch.tensor(pad([[1] * len(r["input_ids"]) for r in rows], 0)),
+        }
         if self.seq_labels:
             batch["labels"] = torch.tensor(pad([r["labels"] for r in rows], -100))
         else:
@@ -237,8 +274,14 @@ def _summary(times, tokens, losses, device) -> dict:
     import torch
 
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"tokens_per_s": sum(tokens) / sum(times), "median_step_ms": statistics.median(times) * 1e3,
-            "steps_timed": len(times), "peak_memory_gib": peak, "final_loss": losses[-1], "losses": losses}
+    return {
+        "tokens_per_s": sum(tokens) / sum(times),
+        "median_step_ms": statistics.median(times) * 1e3,
+        "steps_timed": len(times),
+        "peak_memory_gib": peak,
+        "final_loss": losses[-1],
+        "losses": losses,
+    }
 
 
 def write_plot(rows: list[dict], path: Path) -> Path:
@@ -247,7 +290,7 @@ def write_plot(rows: list[dict], path: Path) -> Path:
 
     workloads = sorted({r["workload"] for r in rows})
     fig, axes = pyplot().subplots(len(workloads), 3, figsize=(15, 4 * len(workloads)), squeeze=False)
-    for (ax_speed, ax_mem, ax_loss), workload in zip(axes, workloads):
+    for (ax_speed, ax_mem, ax_loss), workload in zip(axes, workloads, strict=False):
         ok = [r for r in rows if r["workload"] == workload and r["status"] == "ok"]
         names = [r["arm"] for r in ok]
         ax_speed.barh(names, [r["tokens_per_s"] for r in ok])
@@ -292,10 +335,22 @@ def main(argv: list[str] | None = None) -> None:
                 if not torch.cuda.is_available():
                     rows.append({"workload": workload, "arm": arm, "status": "skipped: needs CUDA"})
                     continue
-            cmd = [sys.executable, "-m", "bench.train_speed", "--one", f"{arm}:{workload}", "--steps", str(a.steps),
-                   "--warmup", str(a.warmup), "--seed", str(a.seed)] + (["--cpu-smoke"] if a.cpu_smoke else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.train_speed",
+                "--one",
+                f"{arm}:{workload}",
+                "--steps",
+                str(a.steps),
+                "--warmup",
+                str(a.warmup),
+                "--seed",
+                str(a.seed),
+            ] + (["--cpu-smoke"] if a.cpu_smoke else [])
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+            )
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -304,14 +359,29 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"workload": workload, "arm": arm, "status": "ok", **json.loads(line[7:])})
             print(rows[-1], flush=True)
     for workload in workloads:
-        base = next((r for r in rows if r["workload"] == workload and r["arm"] == "trainer" and r["status"] == "ok"), None)
+        base = next(
+            (r for r in rows if r["workload"] == workload and r["arm"] == "trainer" and r["status"] == "ok"),
+            None,
+        )
         for r in rows:
             if r["workload"] == workload and base and r["status"] == "ok":
                 r["speedup_vs_trainer"] = r["tokens_per_s"] / base["tokens_per_s"]
                 if base.get("peak_memory_gib") and r.get("peak_memory_gib"):
                     r["memory_vs_trainer"] = r["peak_memory_gib"] / base["peak_memory_gib"]
-    print_table(rows, ["workload", "arm", "status", "tokens_per_s", "median_step_ms", "peak_memory_gib",
-                       "final_loss", "speedup_vs_trainer", "memory_vs_trainer"])
+    print_table(
+        rows,
+        [
+            "workload",
+            "arm",
+            "status",
+            "tokens_per_s",
+            "median_step_ms",
+            "peak_memory_gib",
+            "final_loss",
+            "speedup_vs_trainer",
+            "memory_vs_trainer",
+        ],
+    )
     name = "train_speed_cpu_smoke" if a.cpu_smoke else "train_speed"
     path = write_json(name, {"args": vars(a), "results": rows}, Path(a.out) if a.out else None)
     print(f"wrote {path} and {write_plot(rows, path.with_suffix('.png'))}")

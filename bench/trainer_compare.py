@@ -53,16 +53,25 @@ def run_ours(cfg_overrides: dict) -> dict:
 
     t0 = time.perf_counter()
     result = train(load_config(overrides=cfg_overrides))
-    return {"metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-            "wall_seconds": time.perf_counter() - t0, "train_seconds": result.train_seconds}
+    return {
+        "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        "wall_seconds": time.perf_counter() - t0,
+        "train_seconds": result.train_seconds,
+    }
 
 
 def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
     """The same run through transformers.Trainer, built from the same task object (same data, labels)."""
     import torch
     from torch.utils.data import Sampler
-    from transformers import (AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from sft import load_config
     from sft.models import default_model_path
@@ -102,33 +111,64 @@ def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
             return SftOrder(len(train_dataset if train_dataset is not None else self.train_dataset))
 
     def as_hf(rows):
-        return [{**{k: v for k, v in r.items() if k != "label"}, **({"labels": r["label"]} if "label" in r else {})}
-                for r in rows]
+        return [
+            {
+                **{k: v for k, v in r.items() if k != "label"},
+                **({"labels": r["label"]} if "label" in r else {}),
+            }
+            for r in rows
+        ]
 
     token_task = cfg.task == "token-classification"
     collator = (DataCollatorForTokenClassification if token_task else DataCollatorWithPadding)(tokenizer)
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="hf-trainer-"), per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, lr_scheduler_type="linear",
-        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
-        eval_strategy="no", logging_steps=50, report_to=[], use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, disable_tqdm=True)
+        output_dir=tempfile.mkdtemp(prefix="hf-trainer-"),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type="linear",
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     t0 = time.perf_counter()
-    trainer = (SameOrderTrainer if same_order else Trainer)(model=model, args=args, train_dataset=as_hf(train_rows),
-                                                            data_collator=collator)
+    trainer = (SameOrderTrainer if same_order else Trainer)(
+        model=model, args=args, train_dataset=as_hf(train_rows), data_collator=collator
+    )
     train_seconds = trainer.train().metrics["train_runtime"]
     wall = time.perf_counter() - t0
-    metrics = task.evaluate(trainer.model.eval(), eval_rows, tokenizer.pad_token_id or 0, trainer.model.device,
-                            cfg.eval_batch_size, "torch")
-    return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "wall_seconds": wall,
-            "train_seconds": train_seconds}
+    metrics = task.evaluate(
+        trainer.model.eval(),
+        eval_rows,
+        tokenizer.pad_token_id or 0,
+        trainer.model.device,
+        cfg.eval_batch_size,
+        "torch",
+    )
+    return {
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "wall_seconds": wall,
+        "train_seconds": train_seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="sequence-classification",
-                   choices=["sequence-classification", "token-classification"])
+    p.add_argument(
+        "--task",
+        default="sequence-classification",
+        choices=["sequence-classification", "token-classification"],
+    )
     p.add_argument("--train", required=True)
     p.add_argument("--eval", required=True)
     p.add_argument("--model")
@@ -142,8 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--dropout", type=float, help="override the model's dropout in both arms")
-    p.add_argument("--trainer-order", choices=["sft", "own"], default="sft",
-                   help="sft: the Trainer gets sft-train's batches in its order; own: its own shuffling")
+    p.add_argument(
+        "--trainer-order",
+        choices=["sft", "own"],
+        default="sft",
+        help="sft: the Trainer gets sft-train's batches in its order; own: its own shuffling",
+    )
     p.add_argument("--arms", default="ours,trainer")
     p.add_argument("--out", help="directory for the JSON [default: bench/results]")
     a = p.parse_args(argv)
@@ -153,28 +197,53 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="trainer-compare-"))
-    base = {"task": a.task, "train": _subset(a.train, a.rows, work), "eval": a.eval, "model": a.model,
-            "text_column": a.text_column, "label_column": a.label_column, "epochs": a.epochs,
-            "batch_size": a.batch_size, "lr": a.lr, "max_length": a.max_length, "seed": a.seed,
-            "warmup_ratio": a.warmup_ratio, "dropout": a.dropout,
-            "progress": False, "tensorboard": False, "plots": False, "kernels": "auto"}
+    base = {
+        "task": a.task,
+        "train": _subset(a.train, a.rows, work),
+        "eval": a.eval,
+        "model": a.model,
+        "text_column": a.text_column,
+        "label_column": a.label_column,
+        "epochs": a.epochs,
+        "batch_size": a.batch_size,
+        "lr": a.lr,
+        "max_length": a.max_length,
+        "seed": a.seed,
+        "warmup_ratio": a.warmup_ratio,
+        "dropout": a.dropout,
+        "progress": False,
+        "tensorboard": False,
+        "plots": False,
+        "kernels": "auto",
+    }
     results = {}
     for arm in a.arms.split(","):
         if arm == "ours":
             results[arm] = run_ours({**base, "output": str(work / "ours")})
         elif arm == "trainer":
-            results[arm] = run_trainer({**base, "output": str(work / "trainer")},
-                                       same_order=a.trainer_order == "sft")
+            results[arm] = run_trainer(
+                {**base, "output": str(work / "trainer")}, same_order=a.trainer_order == "sft"
+            )
         print(arm, results[arm], flush=True)
     metric = "accuracy" if a.task == "sequence-classification" else "f1"
-    rows = [{"arm": arm, metric: r["metrics"].get(metric), "eval_loss": r["metrics"].get("loss"),
-             "train_s": r["train_seconds"]} for arm, r in results.items()]
+    rows = [
+        {
+            "arm": arm,
+            metric: r["metrics"].get(metric),
+            "eval_loss": r["metrics"].get("loss"),
+            "train_s": r["train_seconds"],
+        }
+        for arm, r in results.items()
+    ]
     print_table(rows, ["arm", metric, "eval_loss", "train_s"])
     if len(results) == 2:
         diff = abs(results["ours"]["metrics"][metric] - results["trainer"]["metrics"][metric]) * 100
         print(f"|ours - trainer| = {diff:.2f} points of {metric}")
-    path = write_json(f"trainer_compare_{a.task}", {"args": vars(a), "results": results, "table": rows},
-                      Path(a.out) if a.out else None)
+    path = write_json(
+        f"trainer_compare_{a.task}",
+        {"args": vars(a), "results": results, "table": rows},
+        Path(a.out) if a.out else None,
+    )
     print(f"wrote {path} and {draw(path)}")
 
 

@@ -10,8 +10,25 @@ import csv
 import random
 from pathlib import Path
 
-OPENERS = ["", "Hi, ", "Hello, ", "Hey team, ", "Good morning, ", "Quick question: ", "Urgent: ", "Please help, "]
-CLOSERS = ["", " Thanks.", " Thank you!", " Any idea?", " Please advise.", " This is frustrating.", " Cheers."]
+OPENERS = [
+    "",
+    "Hi, ",
+    "Hello, ",
+    "Hey team, ",
+    "Good morning, ",
+    "Quick question: ",
+    "Urgent: ",
+    "Please help, ",
+]
+CLOSERS = [
+    "",
+    " Thanks.",
+    " Thank you!",
+    " Any idea?",
+    " Please advise.",
+    " This is frustrating.",
+    " Cheers.",
+]
 
 TOPICS = {
     "billing": [
@@ -76,7 +93,11 @@ def compose(rng: random.Random, template: str) -> str:
 
 
 def make_split(rng: random.Random, per_class: int) -> list[tuple[str, str]]:
-    rows = [(compose(rng, rng.choice(templates)), label) for label, templates in TOPICS.items() for _ in range(per_class)]
+    rows = [
+        (compose(rng, rng.choice(templates)), label)
+        for label, templates in TOPICS.items()
+        for _ in range(per_class)
+    ]
     rng.shuffle(rows)
     return rows
 
@@ -89,7 +110,10 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def main(out_dir: Path = Path(__file__).resolve().parent / "demo") -> None:
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+def main(out_dir: Path = DEMO_DIR) -> None:
     rng = random.Random(20261124)
     write_csv(out_dir / "train.csv", make_split(rng, per_class=100))
     write_csv(out_dir / "eval.csv", make_split(rng, per_class=30))

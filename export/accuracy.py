@@ -19,8 +19,11 @@ from .checkpoint import Checkpoint, train_setting
 from .runners import GENERATION_TASK, OrtSession, TorchModel
 
 BATCH = 32
-METRIC_BY_TASK = {"text-classification": "accuracy", "token-classification": "entity_f1",
-                  GENERATION_TASK: "next_token_accuracy"}
+METRIC_BY_TASK = {
+    "text-classification": "accuracy",
+    "token-classification": "entity_f1",
+    GENERATION_TASK: "next_token_accuracy",
+}
 
 
 @dataclass
@@ -39,8 +42,9 @@ class EvalSet:
         return len(self.labels or self.items)
 
 
-def read_eval_set(path: str | Path, checkpoint: Checkpoint, text_column: str | None = None,
-                  label_column: str | None = None) -> EvalSet:
+def read_eval_set(
+    path: str | Path, checkpoint: Checkpoint, text_column: str | None = None, label_column: str | None = None
+) -> EvalSet:
     """Read and check the eval file before any model is loaded; its columns default to sft-train's."""
     path = str(path)
     task = checkpoint.task
@@ -52,8 +56,10 @@ def read_eval_set(path: str | Path, checkpoint: Checkpoint, text_column: str | N
         for s in sentences:
             for i, tag in enumerate(s.tags):
                 if tag not in label2id:
-                    raise InputError(f"{s.where}: tag {tag!r} of token {i + 1} is not one of the model's labels "
-                                     f"({', '.join(label2id)})")
+                    raise InputError(
+                        f"{s.where}: tag {tag!r} of token {i + 1} is not one of the model's labels "
+                        f"({', '.join(label2id)})"
+                    )
         return EvalSet(path, task, [" ".join(s.tokens) for s in sentences], items=sentences)
     if task == GENERATION_TASK:
         from sft.causal import read_instructions
@@ -63,23 +69,28 @@ def read_eval_set(path: str | Path, checkpoint: Checkpoint, text_column: str | N
     return _read_classification(path, checkpoint, text_column, label_column)
 
 
-def _read_classification(path: str, checkpoint: Checkpoint, text_column: str | None,
-                         label_column: str | None) -> EvalSet:
+def _read_classification(
+    path: str, checkpoint: Checkpoint, text_column: str | None, label_column: str | None
+) -> EvalSet:
     from sft.data import extract_examples, read_table
 
     problem = checkpoint.config.get("problem_type") or "single_label_classification"
     if problem != "single_label_classification":
-        raise InputError(f"--eval-file: the accuracy report covers single-label classification; "
-                         f"{checkpoint.path} is {problem}")
+        raise InputError(
+            f"--eval-file: the accuracy report covers single-label classification; "
+            f"{checkpoint.path} is {problem}"
+        )
     text_column = text_column or train_setting(checkpoint, "text_column") or "text"
     label_column = label_column or train_setting(checkpoint, "label_column") or "label"
     examples = extract_examples(read_table(path, role="eval"), text_column, label_column)
     label2id = _label2id(checkpoint)
     labels = []
-    for label, where in zip(examples.labels or [], examples.where):
+    for label, where in zip(examples.labels or [], examples.where, strict=False):
         if label not in label2id:
-            raise InputError(f"{where}: label {label!r} in column {label_column!r} is not one of the model's "
-                             f"labels ({', '.join(label2id)})")
+            raise InputError(
+                f"{where}: label {label!r} in column {label_column!r} is not one of the model's "
+                f"labels ({', '.join(label2id)})"
+            )
         labels.append(label2id[label])
     return EvalSet(path, "text-classification", examples.texts, labels=labels)
 
@@ -107,7 +118,9 @@ def score_onnx(eval_set: EvalSet, reference: TorchModel, variant: Path) -> float
 
 def _accuracy(eval_set: EvalSet, logits_of_texts) -> float:
     texts = eval_set.texts
-    preds = np.concatenate([logits_of_texts(texts[i:i + BATCH]).argmax(-1) for i in range(0, len(texts), BATCH)])
+    preds = np.concatenate(
+        [logits_of_texts(texts[i : i + BATCH]).argmax(-1) for i in range(0, len(texts), BATCH)]
+    )
     return float(np.mean(preds == np.asarray(eval_set.labels)))
 
 
@@ -123,7 +136,7 @@ def _entity_f1(eval_set: EvalSet, reference: TorchModel, logits_of) -> float:
     true_tags, pred_tags = [], []
     sentences = eval_set.items
     for start in range(0, len(sentences), BATCH):
-        chunk = sentences[start:start + BATCH]
+        chunk = sentences[start : start + BATCH]
         feeds, enc = reference.encode([s.tokens for s in chunk], split_into_words=True)
         preds = logits_of(feeds).argmax(-1)
         for row, s in enumerate(chunk):
@@ -147,18 +160,19 @@ def _next_token_accuracy(eval_set: EvalSet, reference: TorchModel, logits_of) ->
     rows = []
     for record in eval_set.items:
         prompt, reply = render(tokenizer, record)
-        ids = (prompt + reply)[:reference.max_length]
+        ids = (prompt + reply)[: reference.max_length]
         rows.append((ids, len(prompt)))
     hits = total = 0
     for start in range(0, len(rows), BATCH):
-        chunk = rows[start:start + BATCH]
+        chunk = rows[start : start + BATCH]
         width = max(len(ids) for ids, _ in chunk)
         input_ids = np.full((len(chunk), width), pad, dtype=np.int64)
         mask = np.zeros((len(chunk), width), dtype=np.int64)
         for r, (ids, _) in enumerate(chunk):
-            input_ids[r, :len(ids)], mask[r, :len(ids)] = ids, 1
-        preds = logits_of({"input_ids": input_ids, "attention_mask": mask,
-                           "position_ids": position_ids(mask)}).argmax(-1)
+            input_ids[r, : len(ids)], mask[r, : len(ids)] = ids, 1
+        preds = logits_of(
+            {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+        ).argmax(-1)
         for r, (ids, prompt_len) in enumerate(chunk):
             targets = range(max(prompt_len, 1), len(ids))  # token t is predicted at position t - 1
             hits += sum(int(preds[r, t - 1] == ids[t]) for t in targets)

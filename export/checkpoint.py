@@ -1,4 +1,5 @@
-"""What is being exported: a checkpoint directory (or a LoRA adapter over one), checked before any model loads.
+"""What is being exported: a checkpoint directory (or a LoRA adapter over one), checked before any model
+loads.
 
 Every check here reads only small files (config.json, tokenizer.json's presence, safetensors headers), so a
 bad input fails in well under a second with one line naming the file at fault.
@@ -24,8 +25,11 @@ TASK_BY_ARCHITECTURE_SUFFIX = {
     "ForTokenClassification": "token-classification",
     "ForCausalLM": "text-generation-with-past",
 }
-TASK_BY_PEFT_TYPE = {"SEQ_CLS": "text-classification", "TOKEN_CLS": "token-classification",
-                     "CAUSAL_LM": "text-generation-with-past"}
+TASK_BY_PEFT_TYPE = {
+    "SEQ_CLS": "text-classification",
+    "TOKEN_CLS": "token-classification",
+    "CAUSAL_LM": "text-generation-with-past",
+}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -68,8 +72,10 @@ def inspect_checkpoint(path: str | Path, task: str | None = None) -> Checkpoint:
 def _inspect_adapter(path: Path, task: str | None) -> Checkpoint:
     adapter_config = _read_json(path / "adapter_config.json")
     if adapter_config.get("peft_type") not in (None, "LORA"):
-        raise InputError(f"{path}/adapter_config.json: peft_type {adapter_config.get('peft_type')!r} is not "
-                         f"supported (only LoRA adapters can be merged)")
+        raise InputError(
+            f"{path}/adapter_config.json: peft_type {adapter_config.get('peft_type')!r} is not "
+            f"supported (only LoRA adapters can be merged)"
+        )
     _check_weights(path, ADAPTER_WEIGHT_FILES, "adapter weights (adapter_model.safetensors)")
     base = _base_dir(path, adapter_config.get("base_model_name_or_path"))
     config = _read_config(base)
@@ -79,8 +85,14 @@ def _inspect_adapter(path: Path, task: str | None) -> Checkpoint:
     tokenizer_dir = path if (path / "tokenizer.json").is_file() else base
     _require_tokenizer(tokenizer_dir, also_looked_in=path if tokenizer_dir != path else None)
     peft_task = TASK_BY_PEFT_TYPE.get(adapter_config.get("task_type") or "")
-    return Checkpoint(path, config, resolve_task(path, config, task or peft_task), tokenizer_dir=tokenizer_dir,
-                      base=base, adapter_config=adapter_config)
+    return Checkpoint(
+        path,
+        config,
+        resolve_task(path, config, task or peft_task),
+        tokenizer_dir=tokenizer_dir,
+        base=base,
+        adapter_config=adapter_config,
+    )
 
 
 def _base_dir(adapter: Path, name: Any) -> Path:
@@ -90,8 +102,10 @@ def _base_dir(adapter: Path, name: Any) -> Path:
     for candidate in (Path(name), adapter / name):
         if (candidate / "config.json").is_file():
             return candidate
-    raise InputError(f"{where} {name!r} is not a local checkpoint directory (export runs offline; "
-                     f"point it at the base model's directory)")
+    raise InputError(
+        f"{where} {name!r} is not a local checkpoint directory (export runs offline; "
+        f"point it at the base model's directory)"
+    )
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -146,8 +160,9 @@ def check_safetensors(path: Path) -> None:
             raise InputError(f"{path}: not a valid safetensors file (unreadable header)") from None
     expected = 8 + header_len + end
     if size != expected:
-        raise InputError(f"{path}: truncated or corrupt safetensors file ({size} bytes, its header describes "
-                         f"{expected})")
+        raise InputError(
+            f"{path}: truncated or corrupt safetensors file ({size} bytes, its header describes {expected})"
+        )
 
 
 def resolve_task(path: Path, config: dict[str, Any], requested: str | None) -> str:
@@ -160,8 +175,10 @@ def resolve_task(path: Path, config: dict[str, Any], requested: str | None) -> s
         for suffix, task in TASK_BY_ARCHITECTURE_SUFFIX.items():
             if arch.endswith(suffix):
                 return task
-    raise InputError(f"{path}/config.json: architectures {config.get('architectures')} are not supported "
-                     f"(supported: *{', *'.join(TASK_BY_ARCHITECTURE_SUFFIX)}; or name one with --task)")
+    raise InputError(
+        f"{path}/config.json: architectures {config.get('architectures')} are not supported "
+        f"(supported: *{', *'.join(TASK_BY_ARCHITECTURE_SUFFIX)}; or name one with --task)"
+    )
 
 
 def check_exportable(checkpoint: Checkpoint) -> None:
@@ -171,13 +188,18 @@ def check_exportable(checkpoint: Checkpoint) -> None:
 
     model_type = checkpoint.model_type
     try:
-        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx", library_name="transformers")
+        tasks = TasksManager.get_supported_tasks_for_model_type(
+            model_type, "onnx", library_name="transformers"
+        )
     except KeyError:
-        raise InputError(f"{checkpoint.path}/config.json: model_type {model_type!r} has no ONNX export in "
-                         f"Optimum") from None
+        raise InputError(
+            f"{checkpoint.path}/config.json: model_type {model_type!r} has no ONNX export in Optimum"
+        ) from None
     if checkpoint.task not in tasks:
-        raise InputError(f"{checkpoint.path}: Optimum cannot export model_type {model_type!r} for "
-                         f"{checkpoint.task} (it can: {', '.join(t for t in tasks if t in TASKS) or 'none of ours'})")
+        raise InputError(
+            f"{checkpoint.path}: Optimum cannot export model_type {model_type!r} for "
+            f"{checkpoint.task} (it can: {', '.join(t for t in tasks if t in TASKS) or 'none of ours'})"
+        )
 
 
 def max_length_of(checkpoint: Checkpoint) -> int:

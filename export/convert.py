@@ -21,9 +21,19 @@ AUTO_MODEL_BY_TASK = {
     "text-generation-with-past": "AutoModelForCausalLM",
 }
 # Tokenizer and generation files that travel with a merged LoRA model (whichever exist).
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
-              "vocab.json", "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json",
-              "train_config.yaml")
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "train_config.yaml",
+)
 
 
 @contextmanager
@@ -39,7 +49,7 @@ def quiet():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=False):
             lg.setLevel(level)
 
 
@@ -62,8 +72,10 @@ def merge_lora(checkpoint: Checkpoint, out_dir: Path) -> Path:
             base = auto_model_class(checkpoint.task).from_pretrained(checkpoint.base, config=config)
             model = PeftModel.from_pretrained(base, checkpoint.path).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise InputError(f"{checkpoint.path}: cannot apply the LoRA adapter to {checkpoint.base} "
-                         f"({str(e).strip().splitlines()[0]})") from None
+        raise InputError(
+            f"{checkpoint.path}: cannot apply the LoRA adapter to {checkpoint.base} "
+            f"({str(e).strip().splitlines()[0]})"
+        ) from None
     out_dir.mkdir(parents=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     for name in SIDE_FILES:
@@ -81,10 +93,19 @@ def export_with_optimum(model_dir: Path, out_dir: Path, task: str, opset: int | 
 
     try:
         with quiet():
-            main_export(str(model_dir), output=out_dir, task=task, opset=opset, do_validation=False,
-                        local_files_only=True, library_name="transformers")
+            main_export(
+                str(model_dir),
+                output=out_dir,
+                task=task,
+                opset=opset,
+                do_validation=False,
+                local_files_only=True,
+                library_name="transformers",
+            )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise InputError(f"{model_dir}: Optimum could not export it ({str(e).strip().splitlines()[0]})") from None
+        raise InputError(
+            f"{model_dir}: Optimum could not export it ({str(e).strip().splitlines()[0]})"
+        ) from None
     if not (out_dir / "model.onnx").is_file():
         raise InputError(f"{model_dir}: Optimum wrote no model.onnx for {task}")
     return out_dir / "model.onnx"
@@ -97,8 +118,10 @@ def check_optimization_level(level: str | None) -> None:
     if level not in OPTIMIZATION_LEVELS:
         raise InputError(f"--optimize {level!r}: choose one of {', '.join(OPTIMIZATION_LEVELS)}")
     if level == "O4" and not cuda_available():
-        raise InputError("--optimize O4 converts the model to fp16, which needs a CUDA GPU and onnxruntime-gpu; "
-                         "this machine has none (use O1, O2 or O3 on CPU)")
+        raise InputError(
+            "--optimize O4 converts the model to fp16, which needs a CUDA GPU and onnxruntime-gpu; "
+            "this machine has none (use O1, O2 or O3 on CPU)"
+        )
 
 
 def cuda_available() -> bool:
@@ -124,13 +147,15 @@ def optimize_graph(model_dir: Path, level: str, out_dir: Path) -> Path:
         with quiet():
             ORTOptimizer.from_pretrained(model_dir).optimize(config, out_dir, file_suffix=None)
     except (NotImplementedError, KeyError) as e:
-        raise InputError(f"--optimize {level}: onnxruntime's optimizer does not support this model "
-                         f"({str(e).strip().splitlines()[0]})") from None
+        raise InputError(
+            f"--optimize {level}: onnxruntime's optimizer does not support this model "
+            f"({str(e).strip().splitlines()[0]})"
+        ) from None
     return out_dir / "model.onnx"
 
 
 def cpu_instruction_set(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> str:
-    """The AutoQuantizationConfig preset for this CPU: arm64, avx512_vnni, avx512 or avx2 (the x86 fallback)."""
+    """The AutoQuantizationConfig preset for this CPU: arm64, avx512_vnni, avx512 or avx2 (x86 fallback)."""
     machine = (machine or platform.machine()).lower()
     if machine in ("arm64", "aarch64"):
         return "arm64"
@@ -161,7 +186,9 @@ def quantize_int8(model_dir: Path, out_dir: Path, instruction_set: str) -> Path:
         model_dir = _annotated_copy(model_dir, out_dir.with_name(out_dir.name + "-annotated"))
     qconfig = getattr(AutoQuantizationConfig, instruction_set)(is_static=False, per_channel=True)
     with quiet():
-        ORTQuantizer.from_pretrained(model_dir, file_name="model.onnx").quantize(qconfig, out_dir, file_suffix=None)
+        ORTQuantizer.from_pretrained(model_dir, file_name="model.onnx").quantize(
+            qconfig, out_dir, file_suffix=None
+        )
     return out_dir / "model.onnx"
 
 

@@ -1,4 +1,5 @@
-"""manifest.json: what serve needs to run a bundle without the checkpoint (the contract with serve/bundle.py)."""
+"""manifest.json: what serve needs to run a bundle without the checkpoint (the contract with
+serve/bundle.py)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ def build_manifest(bundle: Path, checkpoint: Checkpoint, task: str, max_length: 
     manifest = {
         "format": BUNDLE_FORMAT,
         "task": task,
-        "problem_type": (config.get("problem_type") or "single_label_classification"
-                         if task == "text-classification" else None),
+        "problem_type": (
+            config.get("problem_type") or "single_label_classification"
+            if task == "text-classification"
+            else None
+        ),
         "model_type": config.get("model_type"),
         "labels": [] if task == GENERATION_TASK else [id2label[i] for i in sorted(id2label)],
         "max_length": max_length,
-        "pad_token": _pick(_token_string(tok_cfg.get("pad_token")), _padding_token(bundle / "tokenizer.json")),
+        "pad_token": _pick(
+            _token_string(tok_cfg.get("pad_token")), _padding_token(bundle / "tokenizer.json")
+        ),
         "opset": next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None),
         "inputs": [i.name for i in graph.graph.input],
         "outputs": [o.name for o in graph.graph.output],
@@ -37,8 +43,11 @@ def build_manifest(bundle: Path, checkpoint: Checkpoint, task: str, max_length: 
         "versions": versions(),
     }
     if checkpoint.is_lora:
-        manifest["lora"] = {"base": str(checkpoint.base.resolve()), "adapter": str(checkpoint.path.resolve()),
-                            "merged": True}
+        manifest["lora"] = {
+            "base": str(checkpoint.base.resolve()),
+            "adapter": str(checkpoint.path.resolve()),
+            "merged": True,
+        }
     if task == GENERATION_TASK:
         manifest["generation"] = generation_fields(graph, checkpoint, tok_cfg, bundle / "tokenizer.json")
     return manifest
@@ -48,8 +57,9 @@ def seal(bundle: Path, manifest: dict[str, Any]) -> None:
     """sha256 of every file in the bundle, then manifest.json itself."""
     from sft.atomic import write_json
 
-    manifest["sha256"] = {f.name: sha256_file(f) for f in sorted(bundle.iterdir())
-                          if f.is_file() and f.name != "manifest.json"}
+    manifest["sha256"] = {
+        f.name: sha256_file(f) for f in sorted(bundle.iterdir()) if f.is_file() and f.name != "manifest.json"
+    }
     write_json(bundle / "manifest.json", manifest)
 
 
@@ -62,20 +72,30 @@ def graph_of(onnx_file: Path):
 def generation_fields(model, checkpoint: Checkpoint, tok_cfg: dict[str, Any], tokenizer_file: Path) -> dict:
     """Special token ids and cache geometry; the geometry is read off the graph's past inputs, which
     are what serve has to feed (batch, num_key_value_heads, past_length, head_dim)."""
-    config = {**_generation_config(checkpoint), **{k: v for k, v in checkpoint.config.items() if v is not None}}
-    pasts = [i for i in model.graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
+    config = {
+        **_generation_config(checkpoint),
+        **{k: v for k, v in checkpoint.config.items() if v is not None},
+    }
+    pasts = [
+        i for i in model.graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key")
+    ]
     if not pasts:
         raise InputError(f"{checkpoint.path}: the exported graph has no past_key_values inputs")
     dims = [d.dim_value or None for d in pasts[0].type.tensor_type.shape.dim]
     heads = dims[1] or config.get("num_key_value_heads") or config.get("num_attention_heads")
     head_dim = dims[3] or config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     vocab = _vocab(tokenizer_file)
-    eos, bos, pad = (_pick(_first_id(config.get(f"{kind}_token_id")),
-                           vocab.get(_token_string(tok_cfg.get(f"{kind}_token"))))
-                     for kind in ("eos", "bos", "pad"))
+    eos, bos, pad = (
+        _pick(
+            _first_id(config.get(f"{kind}_token_id")), vocab.get(_token_string(tok_cfg.get(f"{kind}_token")))
+        )
+        for kind in ("eos", "bos", "pad")
+    )
     if eos is None:
-        raise InputError(f"{checkpoint.path}: no eos_token_id in config.json or the tokenizer, so generation "
-                         f"could not stop")
+        raise InputError(
+            f"{checkpoint.path}: no eos_token_id in config.json or the tokenizer, so generation "
+            f"could not stop"
+        )
     return {
         "eos_token_id": eos,
         "bos_token_id": bos,
@@ -139,8 +159,17 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("sft-toolchain", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-                 "tokenizers", "peft"):
+    for name in (
+        "sft-toolchain",
+        "torch",
+        "transformers",
+        "optimum",
+        "optimum-onnx",
+        "onnx",
+        "onnxruntime",
+        "tokenizers",
+        "peft",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

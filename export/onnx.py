@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sft.atomic import check_output_dir, fresh_work_dir, replace_dir, write_json
 from sft.errors import InputError
 
 from .checkpoint import Checkpoint, check_exportable, inspect_checkpoint, max_length_of
-from .convert import (QUANTIZATIONS, check_optimization_level, cpu_instruction_set, export_with_optimum,
-                      merge_lora, optimize_graph, quantize_int8)
+from .convert import (
+    QUANTIZATIONS,
+    check_optimization_level,
+    cpu_instruction_set,
+    export_with_optimum,
+    merge_lora,
+    optimize_graph,
+    quantize_int8,
+)
 from .manifest import build_manifest, seal
 from .validate import OutputDiff, ValidationError, check_tolerance, compare, validation_texts
 
@@ -39,12 +47,25 @@ class ExportReport:
     triton_dir: Path | None = None
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path, *, atol: float = 1e-4, opset: int | None = None,
-                max_length: int | None = None, validation_texts: list[str] | None = None, task: str | None = None,
-                optimize: str | None = None, quantize: str | None = None, eval_file: str | Path | None = None,
-                text_column: str | None = None, label_column: str | None = None, max_accuracy_drop: float = 1.0,
-                triton_repo: str | Path | None = None, keep_fp32: bool = False,
-                progress: Callable[[str], None] | None = None) -> ExportReport:
+def export_onnx(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    atol: float = 1e-4,
+    opset: int | None = None,
+    max_length: int | None = None,
+    validation_texts: list[str] | None = None,
+    task: str | None = None,
+    optimize: str | None = None,
+    quantize: str | None = None,
+    eval_file: str | Path | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    max_accuracy_drop: float = 1.0,
+    triton_repo: str | Path | None = None,
+    keep_fp32: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> ExportReport:
     say = progress or (lambda message: None)
     output = Path(output)
     _check_options(atol, opset, optimize, quantize, max_accuracy_drop)
@@ -68,13 +89,27 @@ def export_onnx(checkpoint: str | Path, output: str | Path, *, atol: float = 1e-
     scratch = triton_work = None
     try:
         scratch = _work_dir(output, lambda o: fresh_work_dir(o.with_name(o.name + ".scratch")))
-        report = _build(ckpt, work, scratch, say, atol=atol, opset=opset, max_length=max_length,
-                        texts=validation_texts, optimize=optimize, quantize=quantize, eval_set=eval_set,
-                        max_accuracy_drop=max_accuracy_drop, keep_fp32=keep_fp32)
+        report = _build(
+            ckpt,
+            work,
+            scratch,
+            say,
+            atol=atol,
+            opset=opset,
+            max_length=max_length,
+            texts=validation_texts,
+            optimize=optimize,
+            quantize=quantize,
+            eval_set=eval_set,
+            max_accuracy_drop=max_accuracy_drop,
+            keep_fp32=keep_fp32,
+        )
         if triton_name is not None:
             from .triton import build_entry
 
-            triton_work = build_entry(Path(triton_repo), triton_name, work / "model.onnx", report.manifest["labels"])
+            triton_work = build_entry(
+                Path(triton_repo), triton_name, work / "model.onnx", report.manifest["labels"]
+            )
         replace_dir(work, output)
         report.bundle_dir = output
         if triton_work is not None:
@@ -91,8 +126,9 @@ def export_onnx(checkpoint: str | Path, output: str | Path, *, atol: float = 1e-
     return report
 
 
-def _check_options(atol: float, opset: int | None, optimize: str | None, quantize: str | None,
-                   max_accuracy_drop: float) -> None:
+def _check_options(
+    atol: float, opset: int | None, optimize: str | None, quantize: str | None, max_accuracy_drop: float
+) -> None:
     if not atol >= 0:
         raise InputError(f"--atol {atol}: must be >= 0")
     if opset is not None and not 11 <= opset <= 25:
@@ -113,9 +149,22 @@ def _work_dir(output: Path, make: Callable[[Path], Path]) -> Path:
         raise InputError(f"--output {output}: cannot write next to it ({e.strerror})") from None
 
 
-def _build(ckpt: Checkpoint, work: Path, scratch: Path, say: Callable[[str], None], *, atol: float,
-           opset: int | None, max_length: int, texts: list[str] | None, optimize: str | None,
-           quantize: str | None, eval_set, max_accuracy_drop: float, keep_fp32: bool) -> ExportReport:
+def _build(
+    ckpt: Checkpoint,
+    work: Path,
+    scratch: Path,
+    say: Callable[[str], None],
+    *,
+    atol: float,
+    opset: int | None,
+    max_length: int,
+    texts: list[str] | None,
+    optimize: str | None,
+    quantize: str | None,
+    eval_set,
+    max_accuracy_drop: float,
+    keep_fp32: bool,
+) -> ExportReport:
     from .runners import TorchModel
 
     task = ckpt.task
@@ -133,13 +182,19 @@ def _build(ckpt: Checkpoint, work: Path, scratch: Path, say: Callable[[str], Non
 
     fp32 = _variant(scratch / "fp32", source / "model.onnx", model_dir, ckpt, task, max_length)
     reference = TorchModel(model_dir, task, max_length)
-    texts = texts or validation_texts(model_dir / "tokenizer.json", eval_set.texts if eval_set else None, max_length)
+    texts = texts or validation_texts(
+        model_dir / "tokenizer.json", eval_set.texts if eval_set else None, max_length
+    )
     say(f"validating against PyTorch on {len(texts)} texts")
     diffs = compare(task, reference, fp32, texts)
     check_tolerance(diffs, atol, str(ckpt.path), len(texts))
     validation: dict[str, Any] = {
-        "atol": atol, "num_samples": len(texts), "inputs": "eval-file sample" if eval_set else "generated",
-        "max_abs_diff": max(d.max_abs for d in diffs), "outputs": {d.name: d.as_dict() for d in diffs}}
+        "atol": atol,
+        "num_samples": len(texts),
+        "inputs": "eval-file sample" if eval_set else "generated",
+        "max_abs_diff": max(d.max_abs for d in diffs),
+        "outputs": {d.name: d.as_dict() for d in diffs},
+    }
 
     final = fp32
     quantization = None
@@ -147,12 +202,16 @@ def _build(ckpt: Checkpoint, work: Path, scratch: Path, say: Callable[[str], Non
         isa = cpu_instruction_set()
         say(f"quantizing to int8 (dynamic, per-channel, {isa})")
         quantize_int8(fp32, scratch / "int8-optimum", isa)
-        final = _variant(scratch / "int8", scratch / "int8-optimum" / "model.onnx", model_dir, ckpt, task, max_length)
+        final = _variant(
+            scratch / "int8", scratch / "int8-optimum" / "model.onnx", model_dir, ckpt, task, max_length
+        )
         quantization = {"dtype": "int8", "method": "dynamic", "per_channel": True, "instruction_set": isa}
         int8_diffs = compare(task, reference, final, texts)
-        validation["int8"] = {"max_abs_diff": max(d.max_abs for d in int8_diffs),
-                              "outputs": {d.name: d.as_dict() for d in int8_diffs},
-                              "note": "reported, not held to --atol; int8 is judged by the accuracy report"}
+        validation["int8"] = {
+            "max_abs_diff": max(d.max_abs for d in int8_diffs),
+            "outputs": {d.name: d.as_dict() for d in int8_diffs},
+            "note": "reported, not held to --atol; int8 is judged by the accuracy report",
+        }
 
     models = _model_rows(model_dir, fp32, final if quantize else None, optimize, keep_fp32)
     if eval_set is not None:
@@ -168,17 +227,34 @@ def _build(ckpt: Checkpoint, work: Path, scratch: Path, say: Callable[[str], Non
     if quantize and keep_fp32:
         shutil.copy2(fp32 / "model.onnx", work / FP32_KEPT_NAME)
     manifest = build_manifest(work, ckpt, task, max_length)
-    manifest.update(optimization={"level": optimize} if optimize else None, quantization=quantization,
-                    validation=validation)
+    manifest.update(
+        optimization={"level": optimize} if optimize else None,
+        quantization=quantization,
+        validation=validation,
+    )
     if eval_set is not None:
-        manifest["accuracy"] = {"eval_file": str(eval_set.path), "metric": eval_set.metric, "examples": len(eval_set),
-                                "models": models, "max_accuracy_drop_points": max_accuracy_drop if quantize else None}
+        manifest["accuracy"] = {
+            "eval_file": str(eval_set.path),
+            "metric": eval_set.metric,
+            "examples": len(eval_set),
+            "models": models,
+            "max_accuracy_drop_points": max_accuracy_drop if quantize else None,
+        }
     seal(work, manifest)
-    return ExportReport(work, validation["max_abs_diff"], len(texts), manifest, diffs, models,
-                        eval_set.metric if eval_set else None)
+    return ExportReport(
+        work,
+        validation["max_abs_diff"],
+        len(texts),
+        manifest,
+        diffs,
+        models,
+        eval_set.metric if eval_set else None,
+    )
 
 
-def _variant(directory: Path, onnx_file: Path, model_dir: Path, ckpt: Checkpoint, task: str, max_length: int) -> Path:
+def _variant(
+    directory: Path, onnx_file: Path, model_dir: Path, ckpt: Checkpoint, task: str, max_length: int
+) -> Path:
     """A bundle-shaped directory for one ONNX file, so serve's runtime can load it for validation."""
     directory.mkdir()
     os.replace(onnx_file, directory / "model.onnx")
@@ -189,28 +265,40 @@ def _variant(directory: Path, onnx_file: Path, model_dir: Path, ckpt: Checkpoint
     return directory
 
 
-def _model_rows(model_dir: Path, fp32: Path, int8: Path | None, optimize: str | None,
-                keep_fp32: bool) -> list[dict[str, Any]]:
+def _model_rows(
+    model_dir: Path, fp32: Path, int8: Path | None, optimize: str | None, keep_fp32: bool
+) -> list[dict[str, Any]]:
     """PyTorch, ONNX fp32 (optimized or not) and ONNX int8: the file each lives in and its size."""
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
-    rows = [{"model": "PyTorch", "file": ", ".join(w.name for w in weights),
-             "size_bytes": sum(w.stat().st_size for w in weights)},
-            {"model": "ONNX fp32" + (f" {optimize}" if optimize else ""),
-             "file": "model.onnx" if int8 is None else FP32_KEPT_NAME if keep_fp32 else "(not kept)",
-             "size_bytes": (fp32 / "model.onnx").stat().st_size}]
+    rows = [
+        {
+            "model": "PyTorch",
+            "file": ", ".join(w.name for w in weights),
+            "size_bytes": sum(w.stat().st_size for w in weights),
+        },
+        {
+            "model": "ONNX fp32" + (f" {optimize}" if optimize else ""),
+            "file": "model.onnx" if int8 is None else FP32_KEPT_NAME if keep_fp32 else "(not kept)",
+            "size_bytes": (fp32 / "model.onnx").stat().st_size,
+        },
+    ]
     if int8 is not None:
-        rows.append({"model": "ONNX int8", "file": "model.onnx", "size_bytes": (int8 / "model.onnx").stat().st_size})
+        rows.append(
+            {"model": "ONNX int8", "file": "model.onnx", "size_bytes": (int8 / "model.onnx").stat().st_size}
+        )
     return rows
 
 
-def _score_models(models: list[dict[str, Any]], variants: list[Path | None], eval_set, reference,
-                  say: Callable[[str], None]) -> None:
+def _score_models(
+    models: list[dict[str, Any]], variants: list[Path | None], eval_set, reference, say: Callable[[str], None]
+) -> None:
     from .accuracy import score_onnx, score_torch
 
-    for row, variant in zip(models, variants):
+    for row, variant in zip(models, variants, strict=False):
         say(f"scoring {row['model']} on {len(eval_set)} examples of {eval_set.path}")
-        row[eval_set.metric] = (score_torch(eval_set, reference) if variant is None
-                                else score_onnx(eval_set, reference, variant))
+        row[eval_set.metric] = (
+            score_torch(eval_set, reference) if variant is None else score_onnx(eval_set, reference, variant)
+        )
 
 
 def _check_accuracy_drop(models: list[dict[str, Any]], eval_set, max_drop: float) -> None:
@@ -218,6 +306,8 @@ def _check_accuracy_drop(models: list[dict[str, Any]], eval_set, max_drop: float
     torch_value, int8_value = models[0][metric], models[-1][metric]
     drop = (torch_value - int8_value) * 100
     if drop > max_drop:
-        raise ValidationError(f"{eval_set.path}: int8 loses {drop:.2f} points of {metric} ({torch_value:.4f} in "
-                              f"PyTorch, {int8_value:.4f} in int8) > --max-accuracy-drop {max_drop:g}; "
-                              f"no bundle written")
+        raise ValidationError(
+            f"{eval_set.path}: int8 loses {drop:.2f} points of {metric} ({torch_value:.4f} in "
+            f"PyTorch, {int8_value:.4f} in int8) > --max-accuracy-drop {max_drop:g}; "
+            f"no bundle written"
+        )

@@ -8,8 +8,9 @@ difference is the graph's. Sequence classification is also run through serve's T
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,12 +33,20 @@ class TorchModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.accepts = set(inspect.signature(self.model.forward).parameters)
 
-    def encode(self, texts: Sequence[Any], *, split_into_words: bool = False) -> tuple[dict[str, np.ndarray], Any]:
+    def encode(
+        self, texts: Sequence[Any], *, split_into_words: bool = False
+    ) -> tuple[dict[str, np.ndarray], Any]:
         """Right-padded numpy feeds (plus position_ids for decoders) and the BatchEncoding (for word_ids)."""
         generation = self.task == GENERATION_TASK
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             is_split_into_words=split_into_words, return_tensors="np",
-                             return_token_type_ids=False if generation else None)
+        enc = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            is_split_into_words=split_into_words,
+            return_tensors="np",
+            return_token_type_ids=False if generation else None,
+        )
         feeds = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
         if generation:
             feeds["position_ids"] = position_ids(feeds["attention_mask"])
@@ -68,16 +77,20 @@ class OrtSession:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or usable_cores()
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_file), sess_options=opts, providers=choose_providers("auto"))
+        self.session = ort.InferenceSession(
+            str(onnx_file), sess_options=opts, providers=choose_providers("auto")
+        )
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
 
-    def run(self, feeds: dict[str, np.ndarray], past: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], past: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         feeds = {k: v for k, v in feeds.items() if k in self.inputs}
         if self.past_names:
             feeds.update(past if past is not None else self.empty_past(len(feeds["input_ids"])))
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=False))
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         out = {}
@@ -98,4 +111,6 @@ def position_ids(mask: np.ndarray) -> np.ndarray:
 
 
 def present_to_past(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"past_key_values." + k[len("present."):]: v for k, v in outputs.items() if k.startswith("present.")}
+    return {
+        "past_key_values." + k[len("present.") :]: v for k, v in outputs.items() if k.startswith("present.")
+    }

@@ -23,8 +23,18 @@ from sft.errors import InputError
 MAX_BATCH_SIZE = 32
 MAX_QUEUE_DELAY_US = 1000
 # onnx.TensorProto element types -> Triton's
-TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32", 7: "TYPE_INT64",
-                9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
+TRITON_TYPES = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    16: "TYPE_BF16",
+}
 
 
 def model_name(bundle_dir: Path) -> str:
@@ -64,14 +74,20 @@ def model_config(name: str, graph, labels: list[str], max_batch_size: int = MAX_
     if batched:
         for s in inputs + outputs:
             s["dims"] = s["dims"][1:]
-    lines = [f'name: "{name}"', 'backend: "onnxruntime"', f"max_batch_size: {max_batch_size if batched else 0}"]
+    lines = [
+        f'name: "{name}"',
+        'backend: "onnxruntime"',
+        f"max_batch_size: {max_batch_size if batched else 0}",
+    ]
     for section, specs in (("input", inputs), ("output", outputs)):
         lines.append(f"{section} [")
         for i, s in enumerate(specs):
             extra = '\n    label_filename: "labels.txt"' if section == "output" and labels and i == 0 else ""
             dims = ", ".join(str(d) for d in s["dims"]) or ""
-            lines.append(f'  {{\n    name: "{s["name"]}"\n    data_type: {s["data_type"]}\n'
-                         f'    dims: [ {dims} ]{extra}\n  }}' + ("," if i < len(specs) - 1 else ""))
+            lines.append(
+                f'  {{\n    name: "{s["name"]}"\n    data_type: {s["data_type"]}\n'
+                f"    dims: [ {dims} ]{extra}\n  }}" + ("," if i < len(specs) - 1 else "")
+            )
         lines.append("]")
     if batched:
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}")

@@ -13,9 +13,9 @@ stays meaningful where single values sit near zero.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -62,7 +62,9 @@ def output_diff(name: str, got: np.ndarray, ref: np.ndarray) -> OutputDiff:
     got, ref = got.astype(np.float64), ref.astype(np.float64)
     max_abs = float(np.max(np.abs(got - ref)))  # NaN propagates, and NaN fails every tolerance
     scale = float(np.max(np.abs(ref)))
-    return OutputDiff(name, max_abs, max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf")))
+    return OutputDiff(
+        name, max_abs, max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    )
 
 
 def worst_per_output(diffs: Sequence[OutputDiff]) -> list[OutputDiff]:
@@ -80,8 +82,10 @@ def worst_per_output(diffs: Sequence[OutputDiff]) -> list[OutputDiff]:
 def check_tolerance(diffs: Sequence[OutputDiff], atol: float, what: str, num_texts: int) -> None:
     worst = max(diffs, key=lambda d: np.inf if np.isnan(d.max_abs) else d.max_abs)
     if not worst.max_abs <= atol:  # NaN fails too
-        raise ValidationError(f"{what}: ONNX and PyTorch differ by {worst.max_abs:.3g} on output {worst.name!r} "
-                              f"> --atol {atol:g} on {num_texts} texts; no bundle written")
+        raise ValidationError(
+            f"{what}: ONNX and PyTorch differ by {worst.max_abs:.3g} on output {worst.name!r} "
+            f"> --atol {atol:g} on {num_texts} texts; no bundle written"
+        )
 
 
 def validation_texts(tokenizer_file: Path, eval_texts: Sequence[str] | None, max_length: int) -> list[str]:
@@ -106,13 +110,15 @@ def generated_texts(tokenizer_file: Path, max_length: int, count: int = 8) -> li
 
 def compare(task: str, reference: TorchModel, variant: Path, texts: Sequence[str]) -> list[OutputDiff]:
     """Differences between the ONNX model of a variant directory (a bundle-like dir) and the reference."""
-    batches = [list(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)]
+    batches = [list(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]
     if task == "text-classification":
         from serve.runtime import TextClassifier
 
         classifier = TextClassifier.from_bundle(variant, verify=False)
-        diffs = [output_diff("logits", classifier.logits(b), reference.logits(reference.encode(b)[0]))
-                 for b in batches]
+        diffs = [
+            output_diff("logits", classifier.logits(b), reference.logits(reference.encode(b)[0]))
+            for b in batches
+        ]
     else:
         session = OrtSession(variant / "model.onnx")
         step = _compare_generation if task == GENERATION_TASK else _compare_tokens
@@ -137,8 +143,11 @@ def _compare_generation(reference: TorchModel, session: OrtSession, texts: list[
     lengths = mask.sum(axis=1)
     last = torch_out.logits.float().numpy()[np.arange(len(texts)), lengths - 1]
     step_mask = np.concatenate([mask, np.ones((len(texts), 1), dtype=np.int64)], axis=1)
-    step = {"input_ids": last.argmax(-1)[:, None].astype(np.int64), "attention_mask": step_mask,
-            "position_ids": lengths[:, None].astype(np.int64)}
+    step = {
+        "input_ids": last.argmax(-1)[:, None].astype(np.int64),
+        "attention_mask": step_mask,
+        "position_ids": lengths[:, None].astype(np.int64),
+    }
     ort_step = session.run(step, past=present_to_past(ort_out))
     torch_step = reference.forward(step, past=torch_out.past_key_values)
     return diffs + _step_diffs(ort_step, torch_step, step_mask, last_only=True)
@@ -147,10 +156,12 @@ def _compare_generation(reference: TorchModel, session: OrtSession, texts: list[
 def _step_diffs(ort_out: dict[str, np.ndarray], torch_out, mask: np.ndarray, last_only: bool = False):
     real = mask.astype(bool)
     logits_mask = real[:, -1:] if last_only else real
-    diffs = [output_diff("logits", ort_out["logits"][logits_mask], torch_out.logits.float().numpy()[logits_mask])]
+    diffs = [
+        output_diff("logits", ort_out["logits"][logits_mask], torch_out.logits.float().numpy()[logits_mask])
+    ]
     cache = torch_out.past_key_values
     for layer in range(len(cache)):
-        for kind, ref in zip(("key", "value"), cache[layer]):
+        for kind, ref in zip(("key", "value"), cache[layer], strict=False):
             name = f"present.{layer}.{kind}"
             # (batch, heads, seq, head_dim): compare the real sequence positions only
             got = np.moveaxis(ort_out[name], 2, 1)[real]

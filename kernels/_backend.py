@@ -44,5 +44,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if not triton_available():
         raise RuntimeError("backend='triton' requested but triton is not importable")
     if not on_cuda and not interpreting():
-        raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (the Triton interpreter)")
+        raise RuntimeError(
+            "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (the Triton interpreter)"
+        )
     return "triton"

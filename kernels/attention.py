@@ -32,7 +32,6 @@ full IEEE precision; meant for tests).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +139,7 @@ def _torch_dense(q, k, v, causal, scale, dropout_p):
 def _torch_varlen(q, k, v, cu_seqlens, causal, scale, dropout_p):
     bounds = cu_seqlens.tolist()
     outs = []
-    for s, e in zip(bounds[:-1], bounds[1:]):
+    for s, e in zip(bounds[:-1], bounds[1:], strict=False):
         if e > s:
             outs.append(_sdpa_bshd(q[None, s:e], k[None, s:e], v[None, s:e], causal, scale, dropout_p)[0])
     if not outs:
@@ -266,9 +265,9 @@ def flash_attention(
     v: torch.Tensor,
     *,
     causal: bool = False,
-    softmax_scale: Optional[float] = None,
-    cu_seqlens: Optional[torch.Tensor] = None,
-    max_seqlen: Optional[int] = None,
+    softmax_scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
     dropout_p: float = 0.0,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -317,10 +316,10 @@ def flash_attention_padded(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
+    attention_mask: torch.Tensor | None,
     *,
     causal: bool = False,
-    softmax_scale: Optional[float] = None,
+    softmax_scale: float | None = None,
     dropout_p: float = 0.0,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -385,7 +384,7 @@ class FlashAttention(torch.nn.Module):
     def __init__(
         self,
         causal: bool = False,
-        softmax_scale: Optional[float] = None,
+        softmax_scale: float | None = None,
         dropout_p: float = 0.0,
         backend: str = "auto",
     ):

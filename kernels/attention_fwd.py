@@ -480,7 +480,9 @@ def use_tma(*tensors) -> bool:
         if t.stride(-1) != 1 or t.data_ptr() % 16:
             return False
         if any(
-            st <= 0 or (st * t.element_size()) % 16 for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1
+            st <= 0 or (st * t.element_size()) % 16
+            for st, n in zip(t.stride()[:-1], t.shape[:-1], strict=False)
+            if n > 1
         ):
             return False
     return True

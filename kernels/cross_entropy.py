@@ -37,7 +37,6 @@ The forward never synchronises with the host ('mean' divides by a count kept on 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -60,7 +59,7 @@ class _CEOptions:
     ignore_index: int = -100
     label_smoothing: float = 0.0
     lse_square_scale: float = 0.0
-    softcap: Optional[float] = None
+    softcap: float | None = None
 
 
 def _alloc(shape, dtype, device) -> torch.Tensor:
@@ -107,8 +106,11 @@ def _row_stats(target, weight, opts: _CEOptions, reduction: str, n_classes: int)
         z_scale = torch.where(n_valid != 0, n_valid.reciprocal(), 0.0)
     else:
         ce_scale = z_scale = torch.ones((), dtype=torch.float32, device=dev)
-    w_sum = weight.sum(dtype=torch.float32) if weight is not None else torch.full(
-        (), float(n_classes), dtype=torch.float32, device=dev)
+    w_sum = (
+        weight.sum(dtype=torch.float32)
+        if weight is not None
+        else torch.full((), float(n_classes), dtype=torch.float32, device=dev)
+    )
     return torch.stack([ce_scale.float(), z_scale.float(), w_sum.float()])
 
 
@@ -137,8 +139,21 @@ if triton_available():
         return tl.where(mask, x, float("-inf")), t
 
     @triton.jit
-    def _grad_block(x, t, cols, mask, y, lse, coef_p, coef_y, coef_w, W_ptr,
-                    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    def _grad_block(
+        x,
+        t,
+        cols,
+        mask,
+        y,
+        lse,
+        coef_p,
+        coef_y,
+        coef_w,
+        W_ptr,
+        HAS_WEIGHT: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+    ):
         """dlogits = coef_p * softmax - coef_y * onehot(y) - coef_w * w_j (times the cap's derivative)."""
         g = coef_p * tl.exp(x - lse) - tl.where(cols == y, coef_y, 0.0)
         if HAS_SMOOTHING:
@@ -152,11 +167,30 @@ if triton_available():
 
     @triton.jit
     def _ce_fwd_kernel(
-        X_ptr, stride_x, G_ptr, stride_g, Y_ptr, W_ptr, STATS_ptr, GO_ptr, stride_go, LOSS_ptr, LSE_ptr,
-        n_cols, ignore_index, label_smoothing, lse_square_scale, softcap,
-        HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_ZLOSS: tl.constexpr,
-        HAS_SOFTCAP: tl.constexpr, COMPUTE_GRAD: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
-        SINGLE_PASS: tl.constexpr, BLOCK: tl.constexpr,
+        X_ptr,
+        stride_x,
+        G_ptr,
+        stride_g,
+        Y_ptr,
+        W_ptr,
+        STATS_ptr,
+        GO_ptr,
+        stride_go,
+        LOSS_ptr,
+        LSE_ptr,
+        n_cols,
+        ignore_index,
+        label_smoothing,
+        lse_square_scale,
+        softcap,
+        HAS_WEIGHT: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr,
+        HAS_ZLOSS: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        COMPUTE_GRAD: tl.constexpr,
+        HAS_GRAD_SCALE: tl.constexpr,
+        SINGLE_PASS: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         """Loss, log-sum-exp and (optionally) the gradient of one row of logits.
 
@@ -251,8 +285,21 @@ if triton_available():
                 coef_y *= go
                 coef_w *= go
             if SINGLE_PASS:
-                g = _grad_block(x, t, offs, mask, y, lse, coef_p, coef_y, coef_w, W_ptr,
-                                HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
+                g = _grad_block(
+                    x,
+                    t,
+                    offs,
+                    mask,
+                    y,
+                    lse,
+                    coef_p,
+                    coef_y,
+                    coef_w,
+                    W_ptr,
+                    HAS_WEIGHT,
+                    HAS_SMOOTHING,
+                    HAS_SOFTCAP,
+                )
                 tl.store(g_row + offs, g.to(G_ptr.dtype.element_ty), mask=mask)
             else:
                 n_blocks = tl.cdiv(n_cols, BLOCK)
@@ -261,8 +308,21 @@ if triton_available():
                     mask = cols < n_cols
                     xb = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first")
                     xb, tb = _prepare(xb.to(tl.float32), mask, softcap, HAS_SOFTCAP)
-                    g = _grad_block(xb, tb, cols, mask, y, lse, coef_p, coef_y, coef_w, W_ptr,
-                                    HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
+                    g = _grad_block(
+                        xb,
+                        tb,
+                        cols,
+                        mask,
+                        y,
+                        lse,
+                        coef_p,
+                        coef_y,
+                        coef_w,
+                        W_ptr,
+                        HAS_WEIGHT,
+                        HAS_SMOOTHING,
+                        HAS_SOFTCAP,
+                    )
                     tl.store(g_row + cols, g.to(G_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -300,14 +360,31 @@ def _ce_rows_triton(logits, target, weight, stats, opts, grad_out, grad_scale, l
     g = grad_out if compute_grad else logits  # never written when not computing the gradient
     go = grad_scale if grad_scale is not None else stats
     _ce_fwd_kernel[(n_rows,)](
-        logits, logits.stride(0), g, g.stride(0), target, weight if weight is not None else stats, stats,
-        go, go.stride(0) if go.dim() == 1 else 0, loss_out, lse_out,
-        n_cols, opts.ignore_index, float(opts.label_smoothing), float(opts.lse_square_scale),
+        logits,
+        logits.stride(0),
+        g,
+        g.stride(0),
+        target,
+        weight if weight is not None else stats,
+        stats,
+        go,
+        go.stride(0) if go.dim() == 1 else 0,
+        loss_out,
+        lse_out,
+        n_cols,
+        opts.ignore_index,
+        float(opts.label_smoothing),
+        float(opts.lse_square_scale),
         float(opts.softcap or 1.0),
-        HAS_WEIGHT=weight is not None, HAS_SMOOTHING=opts.label_smoothing > 0,
-        HAS_ZLOSS=opts.lse_square_scale > 0, HAS_SOFTCAP=opts.softcap is not None,
-        COMPUTE_GRAD=compute_grad, HAS_GRAD_SCALE=grad_scale is not None,
-        SINGLE_PASS=single, BLOCK=block, num_warps=num_warps,
+        HAS_WEIGHT=weight is not None,
+        HAS_SMOOTHING=opts.label_smoothing > 0,
+        HAS_ZLOSS=opts.lse_square_scale > 0,
+        HAS_SOFTCAP=opts.softcap is not None,
+        COMPUTE_GRAD=compute_grad,
+        HAS_GRAD_SCALE=grad_scale is not None,
+        SINGLE_PASS=single,
+        BLOCK=block,
+        num_warps=num_warps,
     )
 
 
@@ -376,8 +453,13 @@ def _scale_(backend: str, t: torch.Tensor, factor: torch.Tensor) -> None:
     t2 = t if t.dim() == 2 else t.view(1, -1)
     block = min(triton.next_power_of_2(t2.shape[1]), 8192)
     _scale_rows_kernel[(t2.shape[0],)](
-        t2, t2.stride(0), factor, factor.stride(0) if factor.dim() == 1 else 0, t2.shape[1],
-        BLOCK=block, num_warps=min(16, max(4, block // 1024)),
+        t2,
+        t2.stride(0),
+        factor,
+        factor.stride(0) if factor.dim() == 1 else 0,
+        t2.shape[1],
+        BLOCK=block,
+        num_warps=min(16, max(4, block // 1024)),
     )
 
 
@@ -399,8 +481,18 @@ class _CrossEntropyFunction(torch.autograd.Function):
             grad = logits.detach() if inplace else _alloc(logits.shape, logits.dtype, logits.device)
         loss_rows = _alloc((n_rows,), torch.float32, logits.device)
         lse = _alloc((n_rows,), torch.float32, logits.device)
-        _ce_rows(backend, logits, target, weight, stats, opts,
-                 grad_out=grad, grad_scale=None, loss_out=loss_rows, lse_out=lse)
+        _ce_rows(
+            backend,
+            logits,
+            target,
+            weight,
+            stats,
+            opts,
+            grad_out=grad,
+            grad_scale=None,
+            loss_out=loss_rows,
+            lse_out=lse,
+        )
         ctx.grad = grad
         ctx.backend = backend
         ctx.mark_non_differentiable(lse)
@@ -411,16 +503,28 @@ class _CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_lse):
         grad = ctx.grad
         if grad is None:
-            raise RuntimeError("cross_entropy: backward can run once per forward (the gradient is stored in "
-                               "place)")
+            raise RuntimeError(
+                "cross_entropy: backward can run once per forward (the gradient is stored in place)"
+            )
         ctx.grad = None
         _scale_(ctx.backend, grad, grad_loss)
         return grad, None, None, None, None, None, None, None
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                  lse_square_scale=0.0, softcap=None, reduction="mean", return_lse=False,
-                  inplace=True, backend="auto"):
+def cross_entropy(
+    logits,
+    target,
+    *,
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    lse_square_scale=0.0,
+    softcap=None,
+    reduction="mean",
+    return_lse=False,
+    inplace=True,
+    backend="auto",
+):
     """Cross-entropy of ``logits`` ``(N, V)`` against ``target`` ``(N,)`` (see the module docstring).
 
     Returns the loss (scalar, or ``(N,)`` for ``reduction="none"``) in the dtype of ``logits``, or
@@ -445,20 +549,35 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoot
     resolved = resolve_backend(backend, logits.device)
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    opts = _CEOptions(int(ignore_index), float(label_smoothing), float(lse_square_scale),
-                      None if softcap is None else float(softcap))
+    opts = _CEOptions(
+        int(ignore_index),
+        float(label_smoothing),
+        float(lse_square_scale),
+        None if softcap is None else float(softcap),
+    )
     # under autocast, torch computes cross_entropy in fp32 and returns an fp32 loss: so do we
     loss_dtype = torch.float32 if _autocast_on(logits.device.type) else logits.dtype
-    loss, lse = _CrossEntropyFunction.apply(logits, target.contiguous(), weight, opts, reduction,
-                                            bool(inplace), loss_dtype, resolved)
+    loss, lse = _CrossEntropyFunction.apply(
+        logits, target.contiguous(), weight, opts, reduction, bool(inplace), loss_dtype, resolved
+    )
     return (loss, lse) if return_lse else loss
 
 
 class CrossEntropyLoss(torch.nn.Module):
     """Module form of :func:`cross_entropy` (``forward(logits, target)``)."""
 
-    def __init__(self, weight=None, ignore_index=-100, label_smoothing=0.0, lse_square_scale=0.0,
-                 softcap=None, reduction="mean", return_lse=False, inplace=True, backend="auto"):
+    def __init__(
+        self,
+        weight=None,
+        ignore_index=-100,
+        label_smoothing=0.0,
+        lse_square_scale=0.0,
+        softcap=None,
+        reduction="mean",
+        return_lse=False,
+        inplace=True,
+        backend="auto",
+    ):
         super().__init__()
         _check_options(label_smoothing, lse_square_scale, softcap, reduction)
         self.register_buffer("weight", weight, persistent=False)
@@ -473,13 +592,22 @@ class CrossEntropyLoss(torch.nn.Module):
 
     def forward(self, logits, target):
         return cross_entropy(
-            logits, target, weight=self.weight, ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing, lse_square_scale=self.lse_square_scale,
-            softcap=self.softcap, reduction=self.reduction, return_lse=self.return_lse,
-            inplace=self.inplace, backend=self.backend,
+            logits,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            lse_square_scale=self.lse_square_scale,
+            softcap=self.softcap,
+            reduction=self.reduction,
+            return_lse=self.return_lse,
+            inplace=self.inplace,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
-        return (f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
-                f"lse_square_scale={self.lse_square_scale}, softcap={self.softcap}, "
-                f"reduction={self.reduction!r}, inplace={self.inplace}, backend={self.backend!r}")
+        return (
+            f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
+            f"lse_square_scale={self.lse_square_scale}, softcap={self.softcap}, "
+            f"reduction={self.reduction!r}, inplace={self.inplace}, backend={self.backend!r}"
+        )

@@ -31,21 +31,33 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
 from ._backend import resolve_backend
-from .cross_entropy import (_DTYPES, _autocast_on, _CEOptions, _alloc, _ce_rows, _check_options, _row_stats,
-                            _scale_)
+from .cross_entropy import (
+    _DTYPES,
+    _alloc,
+    _autocast_on,
+    _ce_rows,
+    _CEOptions,
+    _check_options,
+    _row_stats,
+    _scale_,
+)
 
 __all__ = ["fused_linear_cross_entropy", "FusedLinearCrossEntropyLoss"]
 
 DEFAULT_MEMORY_BUDGET_BYTES = 512 * 2**20
 
 
-def chunk_rows(n_rows: int, n_cols: int, elem_size: int, chunk_size: Optional[int] = None,
-               memory_budget_bytes: Optional[int] = None) -> int:
+def chunk_rows(
+    n_rows: int,
+    n_cols: int,
+    elem_size: int,
+    chunk_size: int | None = None,
+    memory_budget_bytes: int | None = None,
+) -> int:
     """Rows per chunk: ``chunk_size`` if given, else as many as fit ``memory_budget_bytes`` of logits
     (rounded down to a multiple of 256 rows when that many fit, for matmul tiling), at least 1."""
     if chunk_size is not None:
@@ -61,7 +73,7 @@ def chunk_rows(n_rows: int, n_cols: int, elem_size: int, chunk_size: Optional[in
     return max(1, min(rows, n_rows))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _addmm_out_dtype_works(device: torch.device) -> bool:
     """Whether ``torch.addmm(acc32, a16, b16, out_dtype=float32, out=acc32)`` works (and is right) here.
 
@@ -96,8 +108,23 @@ def _accumulate_mm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
-def _chunked_pass(backend, hidden, weight, bias, target, stats, opts, rows, *, grad_scale,
-                  need_dx, need_dw, need_db, accum_dtype, compute_dtype):
+def _chunked_pass(
+    backend,
+    hidden,
+    weight,
+    bias,
+    target,
+    stats,
+    opts,
+    rows,
+    *,
+    grad_scale,
+    need_dx,
+    need_dw,
+    need_db,
+    accum_dtype,
+    compute_dtype,
+):
     """Loss rows (fp32) and, as requested, (dhidden, dweight, dbias) in the dtypes of the inputs.
 
     The matmuls run in ``compute_dtype`` (the inputs' dtype, or the autocast dtype)."""
@@ -122,8 +149,18 @@ def _chunked_pass(backend, hidden, weight, bias, target, stats, opts, rows, *, g
         else:
             torch.addmm(bias, x_c, w_t, out=logits)
         scale_c = grad_scale[start:end] if grad_scale is not None and grad_scale.dim() == 1 else grad_scale
-        _ce_rows(backend, logits, target[start:end], None, stats, opts, grad_out=logits if any_grad else None,
-                 grad_scale=scale_c, loss_out=loss_rows[start:end], lse_out=lse[start:end])
+        _ce_rows(
+            backend,
+            logits,
+            target[start:end],
+            None,
+            stats,
+            opts,
+            grad_out=logits if any_grad else None,
+            grad_scale=scale_c,
+            loss_out=loss_rows[start:end],
+            lse_out=lse[start:end],
+        )
         if need_dx:
             torch.mm(logits, weight, out=dx[start:end])
         if need_dw:
@@ -144,11 +181,11 @@ def _chunked_pass(backend, hidden, weight, bias, target, stats, opts, rows, *, g
 class _Plan:
     opts: _CEOptions
     reduction: str
-    rows: int                        # tokens per chunk
-    accum_dtype: Optional[torch.dtype]
-    compute_dtype: torch.dtype       # of the matmuls and the logits chunk
+    rows: int  # tokens per chunk
+    accum_dtype: torch.dtype | None
+    compute_dtype: torch.dtype  # of the matmuls and the logits chunk
     loss_dtype: torch.dtype
-    backend: str                     # "triton" | "torch"
+    backend: str  # "triton" | "torch"
 
 
 class _FusedLinearCrossEntropyFunction(torch.autograd.Function):
@@ -158,8 +195,9 @@ class _FusedLinearCrossEntropyFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         need = (needs[0], needs[1], bias is not None and needs[3])
         defer = plan.reduction == "none" and any(need)
-        loss_rows, dx, dw, db = _run(plan, hidden, weight, bias, target, stats, None,
-                                     [n and not defer for n in need])
+        loss_rows, dx, dw, db = _run(
+            plan, hidden, weight, bias, target, stats, None, [n and not defer for n in need]
+        )
         ctx.plan, ctx.need, ctx.defer, ctx.done = plan, need, defer, False
         if defer:
             ctx.save_for_backward(hidden, weight, bias, target, stats)
@@ -187,14 +225,40 @@ class _FusedLinearCrossEntropyFunction(torch.autograd.Function):
 
 def _run(plan: _Plan, hidden, weight, bias, target, stats, grad_scale, need):
     with torch.autocast(hidden.device.type, enabled=False):
-        return _chunked_pass(plan.backend, hidden, weight, bias, target, stats, plan.opts, plan.rows,
-                             grad_scale=grad_scale, need_dx=need[0], need_dw=need[1], need_db=need[2],
-                             accum_dtype=plan.accum_dtype, compute_dtype=plan.compute_dtype)
+        return _chunked_pass(
+            plan.backend,
+            hidden,
+            weight,
+            bias,
+            target,
+            stats,
+            plan.opts,
+            plan.rows,
+            grad_scale=grad_scale,
+            need_dx=need[0],
+            need_dw=need[1],
+            need_db=need[2],
+            accum_dtype=plan.accum_dtype,
+            compute_dtype=plan.compute_dtype,
+        )
 
 
-def fused_linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100, label_smoothing=0.0,
-                               lse_square_scale=0.0, softcap=None, reduction="mean", chunk_size=None,
-                               memory_budget_bytes=None, accum_dtype=torch.float32, backend="auto"):
+def fused_linear_cross_entropy(
+    hidden,
+    weight,
+    target,
+    bias=None,
+    *,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    lse_square_scale=0.0,
+    softcap=None,
+    reduction="mean",
+    chunk_size=None,
+    memory_budget_bytes=None,
+    accum_dtype=torch.float32,
+    backend="auto",
+):
     """``cross_entropy(hidden @ weight.T + bias, target, ...)`` in token chunks (see the module docstring).
 
     ``chunk_size`` (rows per chunk) overrides ``memory_budget_bytes`` (bytes of one logits chunk, default
@@ -204,8 +268,9 @@ def fused_linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_inde
     """
     _check_options(label_smoothing, lse_square_scale, softcap, reduction)
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"expected hidden (N, H) and weight (V, H), got {tuple(hidden.shape)} and "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"expected hidden (N, H) and weight (V, H), got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
     dtypes = {t.dtype for t in (hidden, weight, bias) if t is not None}
     if _autocast_on(hidden.device.type) and dtypes <= set(_DTYPES):
         compute_dtype = _autocast_dtype(hidden.device.type)  # like F.linear under autocast
@@ -213,8 +278,10 @@ def fused_linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_inde
     elif len(dtypes) == 1 and hidden.dtype in _DTYPES:
         compute_dtype = loss_dtype = hidden.dtype
     else:
-        raise ValueError(f"hidden, weight and bias must share one dtype of {_DTYPES} (outside autocast), got "
-                         f"{hidden.dtype}, {weight.dtype}, {None if bias is None else bias.dtype}")
+        raise ValueError(
+            f"hidden, weight and bias must share one dtype of {_DTYPES} (outside autocast), got "
+            f"{hidden.dtype}, {weight.dtype}, {None if bias is None else bias.dtype}"
+        )
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if target.shape != hidden.shape[:1]:
@@ -227,25 +294,45 @@ def fused_linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_inde
     if len(devices) != 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
     plan = _Plan(
-        opts=_CEOptions(int(ignore_index), float(label_smoothing), float(lse_square_scale),
-                        None if softcap is None else float(softcap)),
+        opts=_CEOptions(
+            int(ignore_index),
+            float(label_smoothing),
+            float(lse_square_scale),
+            None if softcap is None else float(softcap),
+        ),
         reduction=reduction,
-        rows=chunk_rows(hidden.shape[0], weight.shape[0], compute_dtype.itemsize, chunk_size,
-                        memory_budget_bytes),
-        accum_dtype=accum_dtype, compute_dtype=compute_dtype, loss_dtype=loss_dtype,
+        rows=chunk_rows(
+            hidden.shape[0], weight.shape[0], compute_dtype.itemsize, chunk_size, memory_budget_bytes
+        ),
+        accum_dtype=accum_dtype,
+        compute_dtype=compute_dtype,
+        loss_dtype=loss_dtype,
         backend=resolve_backend(backend, hidden.device),
     )
     return _FusedLinearCrossEntropyFunction.apply(
-        hidden.contiguous(), weight.contiguous(), target.contiguous(),
-        None if bias is None else bias.contiguous(), plan)
+        hidden.contiguous(),
+        weight.contiguous(),
+        target.contiguous(),
+        None if bias is None else bias.contiguous(),
+        plan,
+    )
 
 
 class FusedLinearCrossEntropyLoss(torch.nn.Module):
     """Module form of :func:`fused_linear_cross_entropy` (``forward(hidden, weight, target, bias=None)``)."""
 
-    def __init__(self, ignore_index=-100, label_smoothing=0.0, lse_square_scale=0.0, softcap=None,
-                 reduction="mean", chunk_size=None, memory_budget_bytes=None, accum_dtype=torch.float32,
-                 backend="auto"):
+    def __init__(
+        self,
+        ignore_index=-100,
+        label_smoothing=0.0,
+        lse_square_scale=0.0,
+        softcap=None,
+        reduction="mean",
+        chunk_size=None,
+        memory_budget_bytes=None,
+        accum_dtype=torch.float32,
+        backend="auto",
+    ):
         super().__init__()
         _check_options(label_smoothing, lse_square_scale, softcap, reduction)
         self.ignore_index = ignore_index
@@ -260,9 +347,17 @@ class FusedLinearCrossEntropyLoss(torch.nn.Module):
 
     def forward(self, hidden, weight, target, bias=None):
         return fused_linear_cross_entropy(
-            hidden, weight, target, bias, ignore_index=self.ignore_index,
+            hidden,
+            weight,
+            target,
+            bias,
+            ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
-            lse_square_scale=self.lse_square_scale, softcap=self.softcap, reduction=self.reduction,
-            chunk_size=self.chunk_size, memory_budget_bytes=self.memory_budget_bytes,
-            accum_dtype=self.accum_dtype, backend=self.backend,
+            lse_square_scale=self.lse_square_scale,
+            softcap=self.softcap,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+            memory_budget_bytes=self.memory_budget_bytes,
+            accum_dtype=self.accum_dtype,
+            backend=self.backend,
         )

@@ -32,8 +32,17 @@ from .validate import SchemaError, validate
 GENERATION = "text-generation-with-past"
 DEFAULT_NEW_TOKENS = 20
 # TGI parameters this server does not implement: a request that turns one on gets a 422, not a silent no-op.
-UNSUPPORTED_GENERATION = ("best_of", "decoder_input_details", "frequency_penalty", "grammar",
-                          "repetition_penalty", "top_n_tokens", "typical_p", "watermark", "adapter_id")
+UNSUPPORTED_GENERATION = (
+    "best_of",
+    "decoder_input_details",
+    "frequency_penalty",
+    "grammar",
+    "repetition_penalty",
+    "top_n_tokens",
+    "typical_p",
+    "watermark",
+    "adapter_id",
+)
 ENCODE_OFF_LOOP_CHARS = 16_384  # bigger requests are tokenized on a worker thread
 
 
@@ -59,13 +68,20 @@ class App:
         self.options = options
         self.task = runner.task
         self.metrics = ServeMetrics(self)
-        self.batcher = Batcher(runner.run, max_batch_tokens=options.max_batch_tokens,
-                               max_batch_requests=options.max_batch_requests,
-                               max_queue_delay_ms=options.max_queue_delay_ms,
-                               on_batch=self.metrics.record_batch)
-        self.openapi = document(self.task, model_id=str(runner.bundle.path),
-                                max_inputs=options.max_client_batch_size,
-                                max_new_tokens=options.max_new_tokens, auth=bool(options.api_key))
+        self.batcher = Batcher(
+            runner.run,
+            max_batch_tokens=options.max_batch_tokens,
+            max_batch_requests=options.max_batch_requests,
+            max_queue_delay_ms=options.max_queue_delay_ms,
+            on_batch=self.metrics.record_batch,
+        )
+        self.openapi = document(
+            self.task,
+            model_id=str(runner.bundle.path),
+            max_inputs=options.max_client_batch_size,
+            max_new_tokens=options.max_new_tokens,
+            auth=bool(options.api_key),
+        )
         self.schemas = self.openapi["components"]["schemas"]
         self.ready = False
         self.in_flight = 0
@@ -93,8 +109,11 @@ class App:
             if not body["inputs"]:
                 raise HttpError(400, "inputs: the batch is empty", "empty")
             if len(body["inputs"]) > self.options.max_client_batch_size:
-                raise HttpError(413, f"inputs: batch of {len(body['inputs'])} exceeds the limit of "
-                                     f"{self.options.max_client_batch_size} (--max-client-batch-size)")
+                raise HttpError(
+                    413,
+                    f"inputs: batch of {len(body['inputs'])} exceeds the limit of "
+                    f"{self.options.max_client_batch_size} (--max-client-batch-size)",
+                )
         try:
             return validate(body, self.schemas[schema], self.schemas)
         except SchemaError as e:
@@ -104,14 +123,19 @@ class App:
         if not self.ready:
             raise HttpError(503, "not ready (starting or shutting down)", "unhealthy")
         if self.in_flight >= self.options.max_concurrent_requests:
-            raise HttpError(429, f"overloaded: {self.in_flight} requests in flight "
-                                 f"(--max-concurrent-requests); retry later", "overloaded")
+            raise HttpError(
+                429,
+                f"overloaded: {self.in_flight} requests in flight (--max-concurrent-requests); retry later",
+                "overloaded",
+            )
 
-    async def _encode(self, texts: list, truncate: bool, *, untruncated: bool = False,
-                      special_tokens: bool = True) -> list:
+    async def _encode(
+        self, texts: list, truncate: bool, *, untruncated: bool = False, special_tokens: bool = True
+    ) -> list:
         if untruncated:
-            encode = functools.partial(self.runner.encoder.encode_untruncated, texts,
-                                       special_tokens=special_tokens)
+            encode = functools.partial(
+                self.runner.encoder.encode_untruncated, texts, special_tokens=special_tokens
+            )
         else:
             encode = functools.partial(self.runner.encode, texts, truncate=truncate)
         try:
@@ -124,21 +148,29 @@ class App:
         except TokenizerFailed as e:
             raise HttpError(422, str(e), "tokenizer") from None
 
-    async def _infer(self, texts: list, options: list[dict[str, Any]], truncate: bool | None, *,
-                     keep_last: int | None = None) -> list:
+    async def _infer(
+        self,
+        texts: list,
+        options: list[dict[str, Any]],
+        truncate: bool | None,
+        *,
+        keep_last: int | None = None,
+    ) -> list:
         self._admit()
         self.in_flight += 1
         try:
-            encodings = await self._encode(texts,
-                                           self.options.auto_truncate if truncate is None else truncate)
+            encodings = await self._encode(
+                texts, self.options.auto_truncate if truncate is None else truncate
+            )
             for e in encodings if keep_last else ():
                 if len(e.ids) > keep_last:
                     e.truncate(keep_last, direction="left")
             try:
                 return await self.batcher.submit(encodings, options, [len(e.ids) for e in encodings])
             except Exception as e:
-                raise HttpError(424, f"model call failed: {type(e).__name__}: {str(e)[:200]}",
-                                "backend") from None
+                raise HttpError(
+                    424, f"model call failed: {type(e).__name__}: {str(e)[:200]}", "backend"
+                ) from None
         finally:
             self.in_flight -= 1
 
@@ -159,8 +191,14 @@ class App:
         else:
             texts = inputs
             ignore = params.get("ignore_labels")
-            options = [{"text": t, "aggregation_strategy": params.get("aggregation_strategy") or "simple",
-                        "ignore_labels": ["O"] if ignore is None else ignore} for t in texts]
+            options = [
+                {
+                    "text": t,
+                    "aggregation_strategy": params.get("aggregation_strategy") or "simple",
+                    "ignore_labels": ["O"] if ignore is None else ignore,
+                }
+                for t in texts
+            ]
         return await self._infer(texts, options, body.get("truncate"))
 
     async def generate(self, request: Request) -> Response:
@@ -174,16 +212,23 @@ class App:
         if unsupported:
             raise HttpError(422, f"parameters.{unsupported[0]}: not supported by this server")
         if body.get("stream") is True:
-            raise HttpError(422, "stream: streaming responses are not supported; send \"stream\": false")
+            raise HttpError(422, 'stream: streaming responses are not supported; send "stream": false')
         params = GenerationParams(
             max_new_tokens=p.get("max_new_tokens") or min(DEFAULT_NEW_TOKENS, self.options.max_new_tokens),
-            do_sample=bool(p.get("do_sample")), temperature=_or(p.get("temperature"), 1.0),
-            top_p=_or(p.get("top_p"), 1.0), top_k=_or(p.get("top_k"), 0), seed=p.get("seed"),
-            stop=p.get("stop") or [])
+            do_sample=bool(p.get("do_sample")),
+            temperature=_or(p.get("temperature"), 1.0),
+            top_p=_or(p.get("top_p"), 1.0),
+            top_k=_or(p.get("top_k"), 0),
+            seed=p.get("seed"),
+            stop=p.get("stop") or [],
+        )
         # TGI's `truncate` keeps the last N prompt tokens; prompts over max_length follow --auto-truncate
         keep_last = p.get("truncate")
-        result = (await self._infer([body["inputs"]], [{"params": params}], True if keep_last else None,
-                                    keep_last=keep_last))[0]
+        result = (
+            await self._infer(
+                [body["inputs"]], [{"params": params}], True if keep_last else None, keep_last=keep_last
+            )
+        )[0]
         text = result["generated_text"]
         out: dict[str, Any] = {"generated_text": body["inputs"] + text if p.get("return_full_text") else text}
         if p.get("details"):
@@ -205,14 +250,24 @@ class App:
         if not self.ready:
             raise HttpError(503, "not ready (starting or shutting down)", "unhealthy")
         texts = [body["inputs"]] if isinstance(body["inputs"], str) else body["inputs"]
-        encodings = await self._encode(texts, True, untruncated=True,
-                                       special_tokens=body.get("add_special_tokens", True))
+        encodings = await self._encode(
+            texts, True, untruncated=True, special_tokens=body.get("add_special_tokens", True)
+        )
         out = []
-        for text, e in zip(texts, encodings):
-            tokens = zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets)
-            out.append([{"id": i, "text": token if special else text[start:stop], "special": bool(special),
-                         "start": None if special else start, "stop": None if special else stop}
-                        for i, token, special, (start, stop) in tokens])
+        for text, e in zip(texts, encodings, strict=False):
+            tokens = zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets, strict=False)
+            out.append(
+                [
+                    {
+                        "id": i,
+                        "text": token if special else text[start:stop],
+                        "special": bool(special),
+                        "start": None if special else start,
+                        "stop": None if special else stop,
+                    }
+                    for i, token, special, (start, stop) in tokens
+                ]
+            )
         return Response.json(out)
 
     # -- operational routes -----------------------------------------------------------------------
@@ -227,13 +282,19 @@ class App:
 
         bundle, o = self.runner.bundle, self.options
         info = {
-            "model_id": str(bundle.path), "model_sha": bundle.manifest["sha256"].get("model.onnx"),
+            "model_id": str(bundle.path),
+            "model_sha": bundle.manifest["sha256"].get("model.onnx"),
             "task": self.task,
-            "max_input_length": bundle.max_length, "max_concurrent_requests": o.max_concurrent_requests,
-            "max_batch_tokens": o.max_batch_tokens, "max_batch_requests": o.max_batch_requests,
-            "max_queue_delay_ms": o.max_queue_delay_ms, "max_client_batch_size": o.max_client_batch_size,
-            "auto_truncate": o.auto_truncate, "providers": self.runner.model.providers,
-            "threads": self.runner.model.threads, "version": version("sft-toolchain"),
+            "max_input_length": bundle.max_length,
+            "max_concurrent_requests": o.max_concurrent_requests,
+            "max_batch_tokens": o.max_batch_tokens,
+            "max_batch_requests": o.max_batch_requests,
+            "max_queue_delay_ms": o.max_queue_delay_ms,
+            "max_client_batch_size": o.max_client_batch_size,
+            "auto_truncate": o.auto_truncate,
+            "providers": self.runner.model.providers,
+            "threads": self.runner.model.threads,
+            "version": version("sft-toolchain"),
             "onnxruntime": version("onnxruntime"),
         }
         if self.task == GENERATION:
@@ -242,8 +303,12 @@ class App:
             id2label = dict(enumerate(bundle.labels))
             info["labels"] = bundle.labels
             info["problem_type"] = bundle.manifest.get("problem_type")
-            info["model_type"] = {"classifier": {"id2label": {str(k): v for k, v in id2label.items()},
-                                                 "label2id": {v: k for k, v in id2label.items()}}}
+            info["model_type"] = {
+                "classifier": {
+                    "id2label": {str(k): v for k, v in id2label.items()},
+                    "label2id": {v: k for k, v in id2label.items()},
+                }
+            }
         return Response.json(info)
 
     async def prometheus(self, request: Request) -> Response:
@@ -264,13 +329,18 @@ def _or(value, default):
 async def serve(runner, options: ServeOptions, *, ready_message: bool = True) -> None:
     """Run until SIGTERM/SIGINT: then stop accepting, answer what was accepted, return."""
     app = App(runner, options)
-    server = HttpServer(app.routes, max_body_bytes=options.max_body_bytes, api_key=options.api_key,
-                        on_response=app.metrics.record_request)
+    server = HttpServer(
+        app.routes,
+        max_body_bytes=options.max_body_bytes,
+        api_key=options.api_key,
+        on_response=app.metrics.record_request,
+    )
     try:
         port = await server.start(options.host, options.port)
     except OSError as e:
-        raise ServeError(f"--host {options.host} --port {options.port}: cannot listen there "
-                         f"({e.strerror or e})") from None
+        raise ServeError(
+            f"--host {options.host} --port {options.port}: cannot listen there ({e.strerror or e})"
+        ) from None
     app.batcher.start()
     app.ready = True
     stop = asyncio.Event()
@@ -280,8 +350,12 @@ async def serve(runner, options: ServeOptions, *, ready_message: bool = True) ->
     if ready_message:
         if options.host not in ("127.0.0.1", "localhost", "::1") and not options.api_key:
             print(f"sft-serve: warning: listening on {options.host} without --api-key", file=sys.stderr)
-        print(f"sft-serve: listening on http://{options.host}:{port} ({runner.task}, "
-              f"{', '.join(runner.model.providers)})", file=sys.stderr, flush=True)
+        print(
+            f"sft-serve: listening on http://{options.host}:{port} ({runner.task}, "
+            f"{', '.join(runner.model.providers)})",
+            file=sys.stderr,
+            flush=True,
+        )
     await stop.wait()
     app.ready = False
     server.stop_accepting()
@@ -291,5 +365,10 @@ async def serve(runner, options: ServeOptions, *, ready_message: bool = True) ->
     left = server.busy
     await app.batcher.stop()
     if ready_message:
-        print(f"sft-serve: stopped ({left} requests unanswered after the drain timeout)" if left
-              else "sft-serve: stopped", file=sys.stderr, flush=True)
+        print(
+            f"sft-serve: stopped ({left} requests unanswered after the drain timeout)"
+            if left
+            else "sft-serve: stopped",
+            file=sys.stderr,
+            flush=True,
+        )

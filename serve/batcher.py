@@ -51,8 +51,15 @@ RunBatch = Callable[[list[Any], list[Any]], list[Any]]
 
 
 class Batcher:
-    def __init__(self, run_batch: RunBatch, *, max_batch_tokens: int = CUDA_MAX_BATCH_TOKENS, max_batch_requests: int = 64,
-                 max_queue_delay_ms: float = 2.0, on_batch: Callable[[BatchStats], None] | None = None):
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_tokens: int = CUDA_MAX_BATCH_TOKENS,
+        max_batch_requests: int = 64,
+        max_queue_delay_ms: float = 2.0,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ):
         self.run_batch = run_batch
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
@@ -86,7 +93,9 @@ class Batcher:
     async def submit(self, items: Sequence[Any], options: Sequence[Any], tokens: Sequence[int]) -> list[Any]:
         """Queue one entry per input and wait for all of their results (in input order)."""
         loop = asyncio.get_running_loop()
-        entries = [Entry(i, o, t, loop.create_future()) for i, o, t in zip(items, options, tokens)]
+        entries = [
+            Entry(i, o, t, loop.create_future()) for i, o, t in zip(items, options, tokens, strict=False)
+        ]
         self.queue.extend(entries)
         self.queued_tokens += sum(tokens)
         self._wakeup.set()
@@ -101,8 +110,10 @@ class Batcher:
             raise
 
     def _ready(self) -> bool:
-        return (len(self.queue) >= min(self.last_batch_size, self.max_batch_requests)
-                or self.queued_tokens >= self.max_batch_tokens)
+        return (
+            len(self.queue) >= min(self.last_batch_size, self.max_batch_requests)
+            or self.queued_tokens >= self.max_batch_tokens
+        )
 
     def _take(self) -> list[Entry]:
         batch: list[Entry] = []
@@ -145,30 +156,35 @@ class Batcher:
                     if not entry.future.done():
                         entry.future.set_exception(e)
                 continue
-            for entry, output in zip(batch, outputs):
+            for entry, output in zip(batch, outputs, strict=False):
                 if not entry.future.done():
                     entry.future.set_result(output)
             self.batches_run += 1
             self.items_run += len(batch)
             if self.on_batch is not None:
-                self.on_batch(BatchStats(
-                    inputs=len(batch), tokens=sum(e.tokens for e in batch),
-                    padded_tokens=sum(len(c) * max(batch[i].tokens for i in c) for c in calls),
-                    calls=len(calls),
-                    queue_seconds=[started - e.enqueued for e in batch],
-                    run_seconds=time.perf_counter() - started))
+                self.on_batch(
+                    BatchStats(
+                        inputs=len(batch),
+                        tokens=sum(e.tokens for e in batch),
+                        padded_tokens=sum(len(c) * max(batch[i].tokens for i in c) for c in calls),
+                        calls=len(calls),
+                        queue_seconds=[started - e.enqueued for e in batch],
+                        run_seconds=time.perf_counter() - started,
+                    )
+                )
 
     def _run_calls(self, batch: list[Entry], calls: list[list[int]]) -> list[Any]:
         outputs: list[Any] = [None] * len(batch)
         for call in calls:
             results = self.run_batch([batch[i].item for i in call], [batch[i].options for i in call])
-            for i, result in zip(call, results):
+            for i, result in zip(call, results, strict=False):
                 outputs[i] = result
         return outputs
 
 
-def split_by_length(lengths: Sequence[int], max_tokens: int,
-                    call_cost: int = CALL_COST_TOKENS) -> list[list[int]]:
+def split_by_length(
+    lengths: Sequence[int], max_tokens: int, call_cost: int = CALL_COST_TOKENS
+) -> list[list[int]]:
     """Indices of `lengths` grouped into model calls: sorted by length, cut where the padding saved is worth
     more than a call, and no call's padded size (inputs x longest) over `max_tokens` unless one input is."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
@@ -195,7 +211,7 @@ def split_by_length(lengths: Sequence[int], max_tokens: int,
         start, end = bounds[cut[k]], bounds[k]
         per_call = segment(start, end)[1]
         while end > start:
-            calls.append(order[max(start, end - per_call):end])
+            calls.append(order[max(start, end - per_call) : end])
             end -= per_call
         k = cut[k]
     return calls[::-1]

@@ -96,11 +96,14 @@ def _check_manifest(where: Path, m: dict[str, Any]) -> None:
         if key not in m:
             raise ServeError(f"{where}: missing field {key!r}")
     if m["format"] != SUPPORTED_FORMAT:
-        raise ServeError(f"{where}: bundle format {m['format']!r} is not supported "
-                         f"(this version reads format {SUPPORTED_FORMAT})")
+        raise ServeError(
+            f"{where}: bundle format {m['format']!r} is not supported "
+            f"(this version reads format {SUPPORTED_FORMAT})"
+        )
     if m["task"] not in SUPPORTED_TASKS:
-        raise ServeError(f"{where}: field 'task': {m['task']!r} is not supported "
-                         f"({', '.join(SUPPORTED_TASKS)})")
+        raise ServeError(
+            f"{where}: field 'task': {m['task']!r} is not supported ({', '.join(SUPPORTED_TASKS)})"
+        )
     if not _positive_int(m["max_length"]):
         raise ServeError(f"{where}: field 'max_length' must be a positive integer, got {m['max_length']!r}")
     if not isinstance(m["sha256"], dict) or not all(isinstance(v, str) for v in m["sha256"].values()):
@@ -115,8 +118,9 @@ def _check_manifest(where: Path, m: dict[str, Any]) -> None:
             raise ServeError(f"{where}: field 'generation' (an object) is required for {GENERATION_TASK}")
         for key in GENERATION_INT_FIELDS:
             if not isinstance(gen.get(key), int) or isinstance(gen.get(key), bool) or gen[key] < 0:
-                raise ServeError(f"{where}: field 'generation.{key}' must be a non-negative integer, "
-                                 f"got {gen.get(key)!r}")
+                raise ServeError(
+                    f"{where}: field 'generation.{key}' must be a non-negative integer, got {gen.get(key)!r}"
+                )
         for key in ("bos_token_id", "pad_token_id"):
             value = gen.get(key)
             if value is not None and not (type(value) is int and value >= 0):

@@ -14,8 +14,10 @@ Text = str | tuple[str, str]
 
 class InputTooLong(ValueError):
     def __init__(self, index: int, tokens: int, limit: int):
-        super().__init__(f"inputs[{index}] has {tokens} tokens, more than the limit of {limit} "
-                         f"(send \"truncate\": true, or start the server with --auto-truncate)")
+        super().__init__(
+            f"inputs[{index}] has {tokens} tokens, more than the limit of {limit} "
+            f'(send "truncate": true, or start the server with --auto-truncate)'
+        )
         self.index = index
 
 
@@ -26,8 +28,15 @@ class TokenizerFailed(ValueError):
 class TextEncoder:
     """A `tokenizers.Tokenizer` that truncates to `max_length` (from the left for prompts) and pads here."""
 
-    def __init__(self, tokenizer_file, max_length: int, pad_token: str | None = None, *,
-                 pad_id: int | None = None, truncate_left: bool = False):
+    def __init__(
+        self,
+        tokenizer_file,
+        max_length: int,
+        pad_token: str | None = None,
+        *,
+        pad_id: int | None = None,
+        truncate_left: bool = False,
+    ):
         from tokenizers import Tokenizer
 
         try:
@@ -36,8 +45,9 @@ class TextEncoder:
             raise ServeError(f"{tokenizer_file}: cannot load tokenizer ({e})") from None
         self.max_length = max_length
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=max_length,
-                                         direction="left" if truncate_left else "right")
+        self.tokenizer.enable_truncation(
+            max_length=max_length, direction="left" if truncate_left else "right"
+        )
         if pad_id is None:
             pad_id = self.tokenizer.token_to_id(pad_token) if pad_token else None
         self.pad_id = pad_id if pad_id is not None else 0

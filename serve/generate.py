@@ -38,13 +38,19 @@ class GenerationParams:
 class TextGenerator(BundleRunner):
     task = GENERATION_TASK
 
-    def __init__(self, bundle: Bundle, *, max_new_tokens_cap: int = 256, io_binding: bool | None = True,
-                 **kwargs):
+    def __init__(
+        self, bundle: Bundle, *, max_new_tokens_cap: int = 256, io_binding: bool | None = True, **kwargs
+    ):
         gen = bundle.generation
         self.eos_token_id = gen["eos_token_id"]
         pad = gen.get("pad_token_id")
-        super().__init__(bundle, truncate_left=True, pad_id=pad if pad is not None else self.eos_token_id,
-                         io_binding=io_binding, **kwargs)
+        super().__init__(
+            bundle,
+            truncate_left=True,
+            pad_id=pad if pad is not None else self.eos_token_id,
+            io_binding=io_binding,
+            **kwargs,
+        )
         self.max_new_tokens_cap = max_new_tokens_cap
         added = self.encoder.tokenizer.get_added_tokens_decoder()
         self.special_ids = {i for i, t in added.items() if t.special}
@@ -55,11 +61,14 @@ class TextGenerator(BundleRunner):
         missing = [n for n in self.past_names + ["input_ids"] if n not in self.input_names]
         missing += [n for n in self.present_names + ["logits"] if n not in self.model.output_names]
         if missing:
-            raise ServeError(f"{bundle.model_file}: not a decoder with past key/values as manifest.json says "
-                             f"(graph lacks {', '.join(missing[:3])})")
+            raise ServeError(
+                f"{bundle.model_file}: not a decoder with past key/values as manifest.json says "
+                f"(graph lacks {', '.join(missing[:3])})"
+            )
 
-    def generate(self, prompts: Sequence[str],
-                 params: GenerationParams | None = None) -> list[dict[str, Any]]:
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams | None = None
+    ) -> list[dict[str, Any]]:
         params = params or GenerationParams()
         return self.run(self.encode(prompts), [{"params": params}] * len(prompts))
 
@@ -78,8 +87,9 @@ class TextGenerator(BundleRunner):
         reasons: list[str | None] = [None if limits[r] > 0 else "length" for r in range(rows)]
         while not all(reasons):
             feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past}
-            out = self.model.run({k: v for k, v in feeds.items() if k in self.input_names},
-                                 keep_on_device=self.present_names)
+            out = self.model.run(
+                {k: v for k, v in feeds.items() if k in self.input_names}, keep_on_device=self.present_names
+            )
             last = out["logits"][:, -1, :].astype(np.float64)
             next_ids = np.full((rows, 1), self.encoder.pad_id, dtype=np.int64)
             for r in range(rows):
@@ -93,8 +103,11 @@ class TextGenerator(BundleRunner):
             ids = next_ids
             mask = np.concatenate([mask, np.ones((rows, 1), dtype=np.int64)], axis=1)
             positions = positions[:, -1:] + 1
-            past = {p: out[q] for p, q in zip(self.past_names, self.present_names)}
-        return [self._result(t, lp, reason, p) for t, lp, reason, p in zip(tokens, logprobs, reasons, params)]
+            past = {p: out[q] for p, q in zip(self.past_names, self.present_names, strict=False)}
+        return [
+            self._result(t, lp, reason, p)
+            for t, lp, reason, p in zip(tokens, logprobs, reasons, params, strict=False)
+        ]
 
     def _finished(self, tokens: list[int], limit: int, stop: list[str]) -> str | None:
         if tokens[-1] == self.eos_token_id:
@@ -103,16 +116,26 @@ class TextGenerator(BundleRunner):
             return "stop_sequence"
         return "length" if len(tokens) >= limit else None
 
-    def _result(self, tokens: list[int], logprobs: list[float], reason: str | None,
-                params: GenerationParams) -> dict[str, Any]:
+    def _result(
+        self, tokens: list[int], logprobs: list[float], reason: str | None, params: GenerationParams
+    ) -> dict[str, Any]:
         return {
             "generated_text": self.encoder.decode(tokens),
             "token_ids": tokens,
             "details": {
-                "finish_reason": reason, "generated_tokens": len(tokens), "seed": params.seed, "prefill": [],
-                "tokens": [{"id": t, "text": self.encoder.decode([t], skip_special_tokens=False),
-                            "logprob": lp,
-                            "special": t in self.special_ids} for t, lp in zip(tokens, logprobs)],
+                "finish_reason": reason,
+                "generated_tokens": len(tokens),
+                "seed": params.seed,
+                "prefill": [],
+                "tokens": [
+                    {
+                        "id": t,
+                        "text": self.encoder.decode([t], skip_special_tokens=False),
+                        "logprob": lp,
+                        "special": t in self.special_ids,
+                    }
+                    for t, lp in zip(tokens, logprobs, strict=False)
+                ],
             },
         }
 
@@ -127,7 +150,7 @@ def _choose(logits: np.ndarray, params: GenerationParams, rng: np.random.Generat
     scaled = shifted / params.temperature  # shifted first: a tiny temperature gives -inf, never inf - inf
     candidates = np.arange(scaled.size)
     if 0 < params.top_k < scaled.size:
-        candidates = np.argpartition(-scaled, params.top_k - 1)[:params.top_k]
+        candidates = np.argpartition(-scaled, params.top_k - 1)[: params.top_k]
     order = candidates[np.argsort(-scaled[candidates], kind="stable")]
     probs = np.exp(scaled[order] - scaled[order[0]])
     probs /= probs.sum()

@@ -61,10 +61,17 @@ class HttpError(Exception):
 
 
 class HttpServer:
-    def __init__(self, routes: dict[tuple[str, str], Handler], *, max_body_bytes: int = 1 << 20,
-                 api_key: str | None = None, public_paths: tuple[str, ...] = ("/health",),
-                 idle_timeout_s: float = 60.0, read_timeout_s: float = 30.0,
-                 on_response: Callable[[Request | None, int, float], None] | None = None):
+    def __init__(
+        self,
+        routes: dict[tuple[str, str], Handler],
+        *,
+        max_body_bytes: int = 1 << 20,
+        api_key: str | None = None,
+        public_paths: tuple[str, ...] = ("/health",),
+        idle_timeout_s: float = 60.0,
+        read_timeout_s: float = 30.0,
+        on_response: Callable[[Request | None, int, float], None] | None = None,
+    ):
         self.routes = routes
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key.encode() if api_key else None
@@ -78,8 +85,9 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve_connection, host, port, limit=MAX_HEADER_BYTES,
-                                                  backlog=1024)
+        self._server = await asyncio.start_server(
+            self._serve_connection, host, port, limit=MAX_HEADER_BYTES, backlog=1024
+        )
         return self._server.sockets[0].getsockname()[1]
 
     def stop_accepting(self) -> None:
@@ -98,8 +106,9 @@ class HttpServer:
                     request = await self._read_request(reader, writer)
                 except HttpError as e:
                     self._idle.discard(writer)
-                    await self._write(writer, Response.error(e.status, str(e), e.error_type),
-                                      keep_alive=False)
+                    await self._write(
+                        writer, Response.error(e.status, str(e), e.error_type), keep_alive=False
+                    )
                     if self.on_response is not None:
                         self.on_response(None, e.status, 0.0)
                     return
@@ -125,8 +134,9 @@ class HttpServer:
         finally:
             writer.close()
 
-    async def _read_request(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> Request | None:
+    async def _read_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Request | None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout_s)
         except asyncio.IncompleteReadError as e:
@@ -178,14 +188,16 @@ class HttpServer:
         if handler is None:
             allowed = [m for (m, p) in self.routes if p == request.path]
             if allowed:
-                response = Response.error(405, f"method {request.method} not allowed on {request.path}",
-                                          "validation")
+                response = Response.error(
+                    405, f"method {request.method} not allowed on {request.path}", "validation"
+                )
                 response.headers["Allow"] = ", ".join(allowed)
                 return response
             return Response.error(404, f"no route {request.path}", "not_found")
         if not self._authorized(request):
-            response = Response.error(401, "missing or wrong bearer token (Authorization: Bearer KEY)",
-                                      "unauthorized")
+            response = Response.error(
+                401, "missing or wrong bearer token (Authorization: Bearer KEY)", "unauthorized"
+            )
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         try:
@@ -199,9 +211,12 @@ class HttpServer:
 
     async def _write(self, writer: asyncio.StreamWriter, response: Response, keep_alive: bool) -> None:
         reason = HTTPStatus(response.status).phrase
-        head = [f"HTTP/1.1 {response.status} {reason}", f"Content-Type: {response.content_type}",
-                f"Content-Length: {len(response.body)}",
-                f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+        head = [
+            f"HTTP/1.1 {response.status} {reason}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}",
+        ]
         head += [f"{k}: {v}" for k, v in response.headers.items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
         await writer.drain()

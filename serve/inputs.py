@@ -33,8 +33,9 @@ class _CountingReader(io.RawIOBase):
         return n
 
 
-def read_texts(path: Path, text_column: str = "text", pair_column: str | None = None,
-               counter: list | None = None) -> Iterator[Row]:
+def read_texts(
+    path: Path, text_column: str = "text", pair_column: str | None = None, counter: list | None = None
+) -> Iterator[Row]:
     """Yield (where, text) for each input row; empty or malformed rows are errors naming their line."""
     if not path.is_file():
         raise ServeError(f"{path}: input file not found")
@@ -56,14 +57,19 @@ def read_texts(path: Path, text_column: str = "text", pair_column: str | None = 
 
 
 def _read_table(path: Path, f, suffix: str, text_column: str, pair_column: str | None) -> Iterator[Row]:
-    reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",",
-                            quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
+    reader = csv.DictReader(
+        f,
+        delimiter="\t" if suffix == ".tsv" else ",",
+        quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
+    )
     if reader.fieldnames is None:
         raise ServeError(f"{path}: empty file")
     for column in (text_column, pair_column):
         if column and column not in reader.fieldnames:
-            raise ServeError(f"{path}: no column {column!r} (columns: {', '.join(reader.fieldnames)}); "
-                             f"use --text-column / --text-pair-column")
+            raise ServeError(
+                f"{path}: no column {column!r} (columns: {', '.join(reader.fieldnames)}); "
+                f"use --text-column / --text-pair-column"
+            )
     try:
         for row in reader:
             yield _row(f"{path} line {reader.line_num}", row, text_column, pair_column)

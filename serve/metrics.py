@@ -11,7 +11,7 @@ TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=False)]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
@@ -40,8 +40,11 @@ class Gauge:
         self.name, self.help, self.read = name, help, read
 
     def render(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge",
-                f"{self.name} {self.read():g}"]
+        return [
+            f"# HELP {self.name} {self.help}",
+            f"# TYPE {self.name} gauge",
+            f"{self.name} {self.read():g}",
+        ]
 
 
 class Histogram:
@@ -61,7 +64,7 @@ class Histogram:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         for labels, (counts, total, count) in sorted(self.series.items()):
             cumulative = 0
-            for bound, c in zip((*self.buckets, "+Inf"), counts):
+            for bound, c in zip((*self.buckets, "+Inf"), counts, strict=False):
                 cumulative += c
                 le = 'le="' + (bound if isinstance(bound, str) else f"{bound:g}") + '"'
                 lines.append(f"{self.name}_bucket{_labels(self.labelnames, labels, le)} {cumulative}")
@@ -90,15 +93,26 @@ class ServeMetrics:
         r = self.registry = Registry()
         p = "sft_serve_"
         self.requests = r.add(Counter(p + "requests_total", "HTTP requests answered", ("route", "status")))
-        self.latency = r.add(Histogram(p + "request_duration_seconds", "Request read to response written",
-                                       LATENCY_BUCKETS, ("route",)))
-        self.queue = r.add(Histogram(p + "queue_duration_seconds", "Time an input waited in the batch queue",
-                                     LATENCY_BUCKETS))
-        self.inference = r.add(Histogram(p + "inference_duration_seconds", "Model time of one batch",
-                                         LATENCY_BUCKETS))
+        self.latency = r.add(
+            Histogram(
+                p + "request_duration_seconds",
+                "Request read to response written",
+                LATENCY_BUCKETS,
+                ("route",),
+            )
+        )
+        self.queue = r.add(
+            Histogram(
+                p + "queue_duration_seconds", "Time an input waited in the batch queue", LATENCY_BUCKETS
+            )
+        )
+        self.inference = r.add(
+            Histogram(p + "inference_duration_seconds", "Model time of one batch", LATENCY_BUCKETS)
+        )
         self.batch_size = r.add(Histogram(p + "batch_size", "Inputs per batch", SIZE_BUCKETS))
-        self.batch_tokens = r.add(Histogram(p + "batch_tokens", "Tokens per batch, before padding",
-                                            TOKEN_BUCKETS))
+        self.batch_tokens = r.add(
+            Histogram(p + "batch_tokens", "Tokens per batch, before padding", TOKEN_BUCKETS)
+        )
         self.padded_tokens = r.add(Counter(p + "padded_tokens_total", "Tokens computed, padding included"))
         self.model_calls = r.add(Counter(p + "model_calls_total", "onnxruntime calls"))
         r.add(Gauge(p + "queue_size", "Inputs waiting for a batch", lambda: len(app.batcher.queue)))

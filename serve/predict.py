@@ -49,10 +49,19 @@ def options_for(runner, text: Any, max_new_tokens: int) -> dict[str, Any]:
     return {"params": GenerationParams(max_new_tokens=max_new_tokens)}
 
 
-def predict_file(runner, input_path: str | Path, output_path: str | Path, *, batch_size: int = 32,
-                 text_column: str = "text", pair_column: str | None = None, chunk_rows: int = 4096,
-                 resume: bool = False, progress: bool | None = None,
-                 max_new_tokens: int = 20) -> PredictSummary:
+def predict_file(
+    runner,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    batch_size: int = 32,
+    text_column: str = "text",
+    pair_column: str | None = None,
+    chunk_rows: int = 4096,
+    resume: bool = False,
+    progress: bool | None = None,
+    max_new_tokens: int = 20,
+) -> PredictSummary:
     input_path, output_path = Path(input_path), Path(output_path)
     if batch_size <= 0:
         raise ServeError(f"--batch-size must be > 0, got {batch_size}")
@@ -103,16 +112,19 @@ def completed_rows(path: Path) -> int:
         end = size - (len(tail) - tail.rfind(b"\n") - 1) if b"\n" in tail else 0
         if end == 0:
             if tail and not tail.startswith(b'{"index"'):
-                raise ServeError(f"{path}: cannot resume: not an sft-predict output "
-                                 f"(move it away or drop --resume)")
+                raise ServeError(
+                    f"{path}: cannot resume: not an sft-predict output (move it away or drop --resume)"
+                )
             f.truncate(0)
             return 0
-        last = tail[:len(tail) - (size - end)].rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        last = tail[: len(tail) - (size - end)].rstrip(b"\n").rsplit(b"\n", 1)[-1]
         try:
             rows = int(json.loads(last)["index"]) + 1
         except (ValueError, KeyError, TypeError):
-            raise ServeError(f"{path}: cannot resume: its last line is not an sft-predict record "
-                             f"(move it away or drop --resume)") from None
+            raise ServeError(
+                f"{path}: cannot resume: its last line is not an sft-predict record "
+                f"(move it away or drop --resume)"
+            ) from None
         f.truncate(end)
     return rows
 
@@ -139,10 +151,11 @@ def _predict_chunk(runner, texts: list, batch_size: int, max_new_tokens: int) ->
     order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
     results: list = [None] * len(texts)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = runner.run([encodings[i] for i in idx],
-                           [options_for(runner, texts[i], max_new_tokens) for i in idx])
-        for i, r in zip(idx, batch):
+        idx = order[start : start + batch_size]
+        batch = runner.run(
+            [encodings[i] for i in idx], [options_for(runner, texts[i], max_new_tokens) for i in idx]
+        )
+        for i, r in zip(idx, batch, strict=False):
             results[i] = r
     return results
 
@@ -159,9 +172,15 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                TextColumn("{task.fields[rows]} rows, {task.fields[rate]} rows/s"),
-                                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[rows]} rows, {task.fields[rate]} rows/s"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self.bar.start()
             self.task = self.bar.add_task(self.path.name, total=self.path.stat().st_size, rows=0, rate="-")
         return self
@@ -170,10 +189,13 @@ class _Progress:
         self.rows += rows
         if self.enabled:
             rate = self.rows / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, completed=self.counter[0].count if self.counter else 0, rows=self.rows,
-                            rate=f"{rate:,.0f}")
+            self.bar.update(
+                self.task,
+                completed=self.counter[0].count if self.counter else 0,
+                rows=self.rows,
+                rate=f"{rate:,.0f}",
+            )
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
             self.bar.stop()
-

@@ -68,17 +68,31 @@ class BundleRunner:
 
     task = ""
 
-    def __init__(self, bundle: Bundle, *, threads: int | None = None, device: str = "auto",
-                 io_binding: bool | None = None, spinning: bool = True, truncate_left: bool = False,
-                 pad_id: int | None = None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        threads: int | None = None,
+        device: str = "auto",
+        io_binding: bool | None = None,
+        spinning: bool = True,
+        truncate_left: bool = False,
+        pad_id: int | None = None,
+    ):
         if bundle.task != self.task:
             raise ServeError(f"{bundle.path}: a {bundle.task} bundle, not {self.task}")
         self.bundle = bundle
         self.labels = bundle.labels
-        self.encoder = TextEncoder(bundle.tokenizer_file, bundle.max_length, bundle.pad_token, pad_id=pad_id,
-                                   truncate_left=truncate_left)
-        self.model = OnnxModel(bundle.model_file, threads=threads, device=device, io_binding=io_binding,
-                               spinning=spinning)
+        self.encoder = TextEncoder(
+            bundle.tokenizer_file,
+            bundle.max_length,
+            bundle.pad_token,
+            pad_id=pad_id,
+            truncate_left=truncate_left,
+        )
+        self.model = OnnxModel(
+            bundle.model_file, threads=threads, device=device, io_binding=io_binding, spinning=spinning
+        )
         self.session = self.model.session
         self.input_names = self.model.input_names
 
@@ -121,9 +135,14 @@ class TextClassifier(BundleRunner):
         e = np.exp(shifted)
         return e / e.sum(axis=-1, keepdims=True)
 
-    def predict(self, texts: Sequence[Text], *, raw_scores: bool = False,
-                function_to_apply: str | None = None,
-                top_k: int | None = None) -> list[list[dict[str, Any]]]:
+    def predict(
+        self,
+        texts: Sequence[Text],
+        *,
+        raw_scores: bool = False,
+        function_to_apply: str | None = None,
+        top_k: int | None = None,
+    ) -> list[list[dict[str, Any]]]:
         function = "none" if raw_scores else function_to_apply
         return self.run(self.encode(texts), [{"function": function, "top_k": top_k}] * len(texts))
 
@@ -137,6 +156,6 @@ class TextClassifier(BundleRunner):
             if function not in by_function:
                 by_function[function] = self.scores(logits, function)
             values = by_function[function][row]
-            order = np.argsort(-values, kind="stable")[:opts.get("top_k") or None]
+            order = np.argsort(-values, kind="stable")[: opts.get("top_k") or None]
             out.append([{"label": self.labels[i], "score": float(values[i])} for i in order])
         return out

@@ -30,8 +30,10 @@ def choose_providers(device: str = "auto") -> list[str]:
         raise ServeError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     available = ort.get_available_providers()
     if device == "cuda" and CUDA not in available:
-        raise ServeError("--device cuda: this onnxruntime has no CUDA provider "
-                         "(install the gpu extra: pip install -e '.[gpu]')")
+        raise ServeError(
+            "--device cuda: this onnxruntime has no CUDA provider "
+            "(install the gpu extra: pip install -e '.[gpu]')"
+        )
     if device == "cpu" or CUDA not in available:
         return [CPU]
     return [CUDA, CPU]
@@ -55,8 +57,15 @@ class OnnxModel:
     OrtValues so a decoder's cache never travels to the host between steps.
     """
 
-    def __init__(self, model_file, *, threads: int | None = None, device: str = "auto",
-                 io_binding: bool | None = None, spinning: bool = True):
+    def __init__(
+        self,
+        model_file,
+        *,
+        threads: int | None = None,
+        device: str = "auto",
+        io_binding: bool | None = None,
+        spinning: bool = True,
+    ):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -91,7 +100,7 @@ class OnnxModel:
         keep = set(keep_on_device)
         if not self.io_binding:
             feeds = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in feeds.items()}
-            return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+            return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=False))
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, np.ndarray):
@@ -103,5 +112,5 @@ class OnnxModel:
             binding.bind_output(name, device if name in keep else "cpu")
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        named = zip(self.output_names, outputs)
+        named = zip(self.output_names, outputs, strict=False)
         return {name: value if name in keep else value.numpy() for name, value in named}

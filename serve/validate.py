@@ -15,12 +15,20 @@ TYPES = {
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
     "boolean": lambda v: isinstance(v, bool),
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, float) and math.isfinite(v) and v.is_integer()),
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, float) and math.isfinite(v) and v.is_integer())
+    ),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
 }
-ARTICLES = {"object": "an object", "array": "a list", "string": "a string", "boolean": "true or false",
-            "integer": "an integer", "number": "a number"}
+ARTICLES = {
+    "object": "an object",
+    "array": "a list",
+    "string": "a string",
+    "boolean": "true or false",
+    "integer": "an integer",
+    "number": "a number",
+}
 
 
 class SchemaError(ValueError):
@@ -56,8 +64,11 @@ def validate(value: Any, schema: dict[str, Any], components: dict[str, Any], whe
         _check_range(value, schema, where)
     if kind == "string":
         if len(value) < schema.get("minLength", 0):
-            raise SchemaError(f"{where}: must not be empty" if schema["minLength"] == 1
-                              else f"{where}: must have at least {schema['minLength']} characters")
+            raise SchemaError(
+                f"{where}: must not be empty"
+                if schema["minLength"] == 1
+                else f"{where}: must have at least {schema['minLength']} characters"
+            )
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise SchemaError(f"{where}: must have at most {schema['maxLength']} characters")
     if kind == "array":

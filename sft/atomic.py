@@ -16,12 +16,13 @@ from .errors import InputError
 
 
 def check_output_dir(output: Path, marker: str) -> None:
-    """Refuse an output path that is a file, a foreign non-empty directory (no `marker` file), or unwritable."""
+    """Refuse an output path that is a file, a foreign non-empty directory (no `marker`), or unwritable."""
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output}: exists and is not a directory")
     if output.is_dir() and any(output.iterdir()) and not (output / marker).exists():
-        raise InputError(f"--output {output}: directory is not empty and was not written by this tool "
-                         f"(no {marker})")
+        raise InputError(
+            f"--output {output}: directory is not empty and was not written by this tool (no {marker})"
+        )
     parent = output.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

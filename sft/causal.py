@@ -36,7 +36,7 @@ def read_instructions(path: str | Path) -> list[Record]:
 
     table = read_table(str(path))
     records, empty = [], 0
-    for row, where in zip(table.rows, table.where):
+    for row, where in zip(table.rows, table.where, strict=False):
         record = _chat(row, where) if "messages" in row else _alpaca(row, where)
         if record is None:
             empty += 1
@@ -45,15 +45,19 @@ def read_instructions(path: str | Path) -> list[Record]:
     if not records:
         raise InputError(f"{path}: no record has a non-empty response")
     if empty:
-        print(f"note: {path}: skipped {empty} of {len(table.rows)} records with an empty response",
-              file=sys.stderr)
+        print(
+            f"note: {path}: skipped {empty} of {len(table.rows)} records with an empty response",
+            file=sys.stderr,
+        )
     return records
 
 
 def _alpaca(row: dict[str, Any], where: str) -> Record | None:
     if "instruction" not in row or "output" not in row:
-        raise InputError(f"{where}: expected fields 'instruction' and 'output' (Alpaca) or 'messages' "
-                         f"(chat), found {', '.join(map(str, row)) or 'none'}")
+        raise InputError(
+            f"{where}: expected fields 'instruction' and 'output' (Alpaca) or 'messages' "
+            f"(chat), found {', '.join(map(str, row)) or 'none'}"
+        )
     instruction, extra, output = (_string(row, k, where) for k in ("instruction", "input", "output"))
     if not instruction.strip():
         raise InputError(f"{where}: field 'instruction' is empty")
@@ -83,12 +87,14 @@ def _chat(row: dict[str, Any], where: str) -> Record | None:
             found = m.get("role") if isinstance(m, dict) else type(m).__name__
             raise InputError(f"{where}: messages[{i}].role is {found!r}, expected one of {', '.join(ROLES)}")
         if not isinstance(m.get("content"), str):
-            raise InputError(f"{where}: messages[{i}].content must be a string, "
-                             f"found {type(m.get('content')).__name__}")
+            raise InputError(
+                f"{where}: messages[{i}].content must be a string, found {type(m.get('content')).__name__}"
+            )
         clean.append({"role": m["role"], "content": m["content"]})
     if clean[-1]["role"] != "assistant":
-        raise InputError(f"{where}: the last message must be the assistant's reply, "
-                         f"found role {clean[-1]['role']!r}")
+        raise InputError(
+            f"{where}: the last message must be the assistant's reply, found role {clean[-1]['role']!r}"
+        )
     if not any(m["role"] == "user" for m in clean):
         raise InputError(f"{where}: field 'messages' has no user message")
     if not clean[-1]["content"].strip():
@@ -98,7 +104,7 @@ def _chat(row: dict[str, Any], where: str) -> Record | None:
 
 def render(tokenizer, record: Record) -> tuple[list[int], list[int]]:
     """(prompt_ids, response_ids): the tokenizer's chat template when it has one, else an Alpaca prompt."""
-    (prompt_text, response_text, bos, eos), = _texts(tokenizer, [record])
+    ((prompt_text, response_text, bos, eos),) = _texts(tokenizer, [record])
     prompt = tokenizer.encode(prompt_text, add_special_tokens=False)
     response = tokenizer.encode(response_text, add_special_tokens=False)
     return bos + prompt, response + ([] if eos in response else [eos])
@@ -108,8 +114,9 @@ def _texts(tokenizer, records: list[Record]) -> list[tuple[str, str, list[int], 
     """Per record: prompt text, response text, the ids to put before the prompt, and the EOS id."""
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise InputError(f"{tokenizer.name_or_path}: the tokenizer has no EOS token, "
-                         f"so replies cannot be ended")
+        raise InputError(
+            f"{tokenizer.name_or_path}: the tokenizer has no EOS token, so replies cannot be ended"
+        )
     if getattr(tokenizer, "chat_template", None):
         return [(*_split_chat(tokenizer, r), [], eos) for r in records]
     bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
@@ -120,16 +127,20 @@ def _split_chat(tokenizer, record: Record) -> tuple[str, str]:
     from jinja2.exceptions import TemplateError
 
     try:
-        prompt = tokenizer.apply_chat_template(record.messages[:-1], tokenize=False,
-                                               add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            record.messages[:-1], tokenize=False, add_generation_prompt=True
+        )
         full = tokenizer.apply_chat_template(record.messages, tokenize=False)
     except TemplateError as e:
-        raise InputError(f"{record.where}: the tokenizer's chat template rejects this conversation "
-                         f"({e})") from None
+        raise InputError(
+            f"{record.where}: the tokenizer's chat template rejects this conversation ({e})"
+        ) from None
     if not full.startswith(prompt):
-        raise InputError(f"{record.where}: the chat template renders the conversation with the reply "
-                         f"differently from the prompt alone, so the reply cannot be separated for the loss")
-    return prompt, full[len(prompt):]
+        raise InputError(
+            f"{record.where}: the chat template renders the conversation with the reply "
+            f"differently from the prompt alone, so the reply cannot be separated for the loss"
+        )
+    return prompt, full[len(prompt) :]
 
 
 def _alpaca_prompt(record: Record) -> str:
@@ -153,7 +164,7 @@ def encode_records(tokenizer, records: list[Record], max_length: int) -> list[di
     prompts = tokenizer([t[0] for t in texts], add_special_tokens=False)["input_ids"] if texts else []
     replies = tokenizer([t[1] for t in texts], add_special_tokens=False)["input_ids"] if texts else []
     features, cut, dropped = [], 0, 0
-    for (_, _, bos, eos), prompt, reply in zip(texts, prompts, replies):
+    for (_, _, bos, eos), prompt, reply in zip(texts, prompts, replies, strict=False):
         prompt, reply = bos + prompt, reply + ([] if eos in reply else [eos])
         fitted = _fit(prompt, reply, max_length)
         if fitted is None:
@@ -163,8 +174,11 @@ def encode_records(tokenizer, records: list[Record], max_length: int) -> list[di
         prompt, reply = fitted
         features.append({"input_ids": prompt + reply, "labels": [IGNORE] * len(prompt) + reply})
     if cut or dropped:
-        print(f"note: {cut} of {len(records)} records were truncated to max_length={max_length}; "
-              f"{dropped} dropped (their prompt leaves no room for a reply token)", file=sys.stderr)
+        print(
+            f"note: {cut} of {len(records)} records were truncated to max_length={max_length}; "
+            f"{dropped} dropped (their prompt leaves no room for a reply token)",
+            file=sys.stderr,
+        )
     return features
 
 
@@ -172,9 +186,9 @@ def _fit(prompt: list[int], reply: list[int], max_length: int) -> tuple[list[int
     if len(prompt) + len(reply) <= max_length:
         return prompt, reply
     if len(reply) < max_length:
-        return prompt[len(prompt) + len(reply) - max_length:], reply
+        return prompt[len(prompt) + len(reply) - max_length :], reply
     if len(prompt) < max_length:
-        return prompt, reply[:max_length - len(prompt)]
+        return prompt, reply[: max_length - len(prompt)]
     return None
 
 

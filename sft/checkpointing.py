@@ -1,7 +1,8 @@
 """Resumable training state: everything needed to continue a run bit for bit.
 
 A run keeps its state in `<output>.run/` next to the output: `step-00000123/state.pt` holds the model,
-optimizer, scheduler and loss-scaler state, every RNG state of every rank, the step reached and the early-stopping
+optimizer, scheduler and loss-scaler state, every RNG state of every rank, the step reached and the
+early-stopping
 bookkeeping. Each checkpoint is written to a temporary directory and renamed, so a kill -9 at any
 moment leaves either the previous checkpoint or the new one, never half of one. The data position is
 the step count: the batch order is a pure function of the seed.

@@ -12,7 +12,6 @@ import inspect
 import os
 import typing
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,7 +20,7 @@ from .errors import report_errors
 
 HELP = {
     "train": "Training data: CSV/TSV/JSON/JSONL/Parquet (CoNLL or JSONL for token-classification; Alpaca "
-             "JSON or chat JSONL for causal-lm), or hub NAME:SPLIT.",
+    "JSON or chat JSONL for causal-lm), or hub NAME:SPLIT.",
     "eval": "Evaluation data, same formats.",
     "model": "Local path or hub id (default: the packaged MiniLM).",
     "task": "sequence-classification | token-classification | causal-lm.",
@@ -34,7 +33,8 @@ HELP = {
     "max_length": "Truncate inputs to this many tokens.",
     "packing": "causal-lm: pack several examples per row (no attention across them).",
     "group_by_length": "Batch rows of similar length together to cut padding.",
-    "fsdp": "Under torchrun: shard parameters, gradients and optimizer state across ranks (FSDP2) instead of DDP.",
+    "fsdp": "Under torchrun: shard parameters, gradients and optimizer state across ranks (FSDP2) "
+    "instead of DDP.",
     "max_train_samples": "Use only the first N training examples (quick runs, learning curves).",
     "max_eval_samples": "Use only the first N evaluation examples.",
     "output": "Checkpoint directory (written when training ends).",
@@ -88,12 +88,16 @@ def _option(field: dataclasses.Field) -> inspect.Parameter:
     if typing.get_origin(base) is list:
         base = str  # comma-separated on the command line
     default = field.default if field.default is not dataclasses.MISSING else None
-    shown = f" (default: {default})" if default not in (None, "") and "(default" not in HELP[field.name] else ""
+    shown = (
+        f" (default: {default})" if default not in (None, "") and "(default" not in HELP[field.name] else ""
+    )
     option = typer.Option(None, *decl, help=HELP[field.name] + shown, show_default=False)
-    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[base])
+    return inspect.Parameter(
+        field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=base | None
+    )
 
 
-def train_command(config: Optional[Path] = None, **options) -> None:
+def train_command(config: Path | None = None, **options) -> None:
     from .config import load_config
     from .train import train as run_train
 
@@ -110,9 +114,16 @@ def train_command(config: Optional[Path] = None, **options) -> None:
 
 
 train_command.__signature__ = inspect.Signature(
-    [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                       default=typer.Option(None, "--config", help="YAML file of options; CLI options override it."))]
-    + [_option(f) for f in dataclasses.fields(TrainConfig)])
+    [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Path | None,
+            default=typer.Option(None, "--config", help="YAML file of options; CLI options override it."),
+        )
+    ]
+    + [_option(f) for f in dataclasses.fields(TrainConfig)]
+)
 
 app = typer.Typer(add_completion=False, help="Fine-tune a pretrained Hugging Face model on labeled text.")
 app.command()(train_command)

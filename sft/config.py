@@ -56,7 +56,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     seed: int = 42
     kernels: str = "auto"
-    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+    fsdp: bool = (
+        False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+    )
     # strategies
     freeze: str | None = None
     unfreeze_every: int = 0  # gradual unfreezing: one more layer group from the top every N steps
@@ -80,18 +82,34 @@ class TrainConfig:
     plots: bool = True
     progress: bool = True
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if not self.train:
             raise InputError("--train is required (a data file or a hub dataset NAME:SPLIT)")
-        for name, choices in (("task", TASKS), ("problem_type", PROBLEM_TYPES), ("kernels", KERNEL_CHOICES),
-                              ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+        for name, choices in (
+            ("task", TASKS),
+            ("problem_type", PROBLEM_TYPES),
+            ("kernels", KERNEL_CHOICES),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+        ):
             if getattr(self, name) not in choices:
-                raise InputError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+                raise InputError(
+                    f"--{_flag(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
         for name in ("batch_size", "eval_batch_size", "max_length", "lr", "grad_accum", "keep_last"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "max_grad_norm", "unfreeze_every", "eval_every", "save_every", "patience",
-                     "lora_r", "unsup_weight", "label_smoothing"):
+        for name in (
+            "weight_decay",
+            "max_grad_norm",
+            "unfreeze_every",
+            "eval_every",
+            "save_every",
+            "patience",
+            "lora_r",
+            "unsup_weight",
+            "label_smoothing",
+        ):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.epochs <= 0 and not self.max_steps:
@@ -100,11 +118,15 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         if self.fsdp and self.lora_r:
-            raise InputError("--fsdp with --lora-r is not supported: LoRA already keeps the trainable state small; "
-                             "use DDP (drop --fsdp)")
+            raise InputError(
+                "--fsdp with --lora-r is not supported: LoRA already keeps the trainable state small; "
+                "use DDP (drop --fsdp)"
+            )
         if self.fsdp and self.unsup_weight and self.task != "causal-lm":
-            raise InputError("--fsdp with --unsup-weight is not supported for encoders (the masked-LM head lives "
-                             "outside the sharded model); use DDP (drop --fsdp)")
+            raise InputError(
+                "--fsdp with --unsup-weight is not supported for encoders (the masked-LM head lives "
+                "outside the sharded model); use DDP (drop --fsdp)"
+            )
         if self.max_steps is not None and self.max_steps <= 0:
             raise InputError(f"--max-steps must be > 0, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:
@@ -169,7 +191,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         import difflib
 
         hints = [difflib.get_close_matches(k, FIELDS, n=1) for k in unknown]
-        named = ", ".join(k + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in zip(unknown, hints))
+        named = ", ".join(
+            k + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in zip(unknown, hints, strict=False)
+        )
         raise InputError(f"{path}: unknown key {named}")
     return {k: _coerce(path, k, v) for k, v in data.items()}
 

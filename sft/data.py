@@ -35,10 +35,17 @@ def read_table(spec: str, *, role: str = "train") -> Table:
         if suffix in TEXT_SUFFIXES or "/" not in spec and ":" not in spec:
             raise InputError(f"{spec}: file not found (a hub dataset is written NAME:SPLIT or OWNER/NAME)")
         return _read_hub(spec, role)
-    readers = {".csv": _read_delimited, ".tsv": _read_delimited, ".jsonl": _read_jsonl,
-               ".json": _read_json, ".parquet": _read_parquet}
+    readers = {
+        ".csv": _read_delimited,
+        ".tsv": _read_delimited,
+        ".jsonl": _read_jsonl,
+        ".json": _read_json,
+        ".parquet": _read_parquet,
+    }
     if suffix not in readers:
-        raise InputError(f"{spec}: unsupported file type {suffix or '(none)'} (csv, tsv, json, jsonl, parquet)")
+        raise InputError(
+            f"{spec}: unsupported file type {suffix or '(none)'} (csv, tsv, json, jsonl, parquet)"
+        )
     try:
         table = readers[suffix](path)
     except UnicodeDecodeError as e:
@@ -66,7 +73,7 @@ def _read_delimited(path: Path) -> Table:
             line = reader.line_num
             if len(values) != len(header):
                 raise InputError(f"{path} line {line}: expected {len(header)} fields, found {len(values)}")
-            rows.append(dict(zip(header, values)))
+            rows.append(dict(zip(header, values, strict=False)))
             where.append(f"{path} line {line}")
     return Table(str(path), header, rows, where)
 
@@ -112,7 +119,9 @@ def _read_parquet(path: Path) -> Table:
     try:
         ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
     except Exception as e:  # pyarrow raises many types for a bad file
-        raise InputError(f"{path}: cannot read Parquet ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise InputError(
+            f"{path}: cannot read Parquet ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     rows = ds.to_list()
     return Table(str(path), list(ds.column_names), rows, [f"{path} row {i + 1}" for i in range(len(rows))])
 
@@ -126,7 +135,9 @@ def _read_hub(spec: str, role: str) -> Table:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"{spec}: not a local file and not loadable as hub dataset {name!r} split {split!r} ({first})") from None
+        raise InputError(
+            f"{spec}: not a local file and not loadable as hub dataset {name!r} split {split!r} ({first})"
+        ) from None
     rows = ds.to_list()
     return Table(spec, list(ds.column_names), rows, [f"{spec} row {i + 1}" for i in range(len(rows))])
 
@@ -148,21 +159,31 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def __getitem__(self, part: slice) -> "Examples":
-        return Examples(self.texts[part], self.pairs[part] if self.pairs is not None else None,
-                        self.labels[part] if self.labels is not None else None, self.where[part])
+    def __getitem__(self, part: slice) -> Examples:
+        return Examples(
+            self.texts[part],
+            self.pairs[part] if self.pairs is not None else None,
+            self.labels[part] if self.labels is not None else None,
+            self.where[part],
+        )
 
 
-def extract_examples(table: Table, text_column: str, label_column: str | None,
-                     text_pair_column: str | None = None) -> Examples:
+def extract_examples(
+    table: Table, text_column: str, label_column: str | None, text_pair_column: str | None = None
+) -> Examples:
     """Pull text (and pair, label) columns out of a table, refusing missing columns and empty values."""
-    for option, column in (("--text-column", text_column), ("--text-pair-column", text_pair_column),
-                           ("--label-column", label_column)):
+    for option, column in (
+        ("--text-column", text_column),
+        ("--text-pair-column", text_pair_column),
+        ("--label-column", label_column),
+    ):
         if column is not None and column not in table.columns:
-            raise InputError(f"{table.source}: no column {column!r} for {option} "
-                             f"(columns: {', '.join(map(str, table.columns))})")
+            raise InputError(
+                f"{table.source}: no column {column!r} for {option} "
+                f"(columns: {', '.join(map(str, table.columns))})"
+            )
     texts, pairs, labels = [], [] if text_pair_column else None, [] if label_column else None
-    for row, where in zip(table.rows, table.where):
+    for row, where in zip(table.rows, table.where, strict=False):
         texts.append(_text(row, text_column, where))
         if pairs is not None:
             pairs.append(_text(row, text_pair_column, where))
@@ -202,17 +223,19 @@ class LabelMap:
         self.ids = {n: i for i, n in enumerate(self.names)}
 
     @classmethod
-    def from_labels(cls, labels: list[str]) -> "LabelMap":
+    def from_labels(cls, labels: list[str]) -> LabelMap:
         unique = set(labels)
         numeric = all(_is_int(v) for v in unique)
         return cls(sorted(unique, key=(lambda v: int(v)) if numeric else None))
 
     def encode(self, labels: list[str], where: list[str], column: str) -> list[int]:
         out = []
-        for label, w in zip(labels, where):
+        for label, w in zip(labels, where, strict=False):
             if label not in self.ids:
-                raise InputError(f"{w}: label {label!r} in column {column!r} is not one of the training "
-                                 f"labels ({', '.join(self.names)})")
+                raise InputError(
+                    f"{w}: label {label!r} in column {column!r} is not one of the training "
+                    f"labels ({', '.join(self.names)})"
+                )
             out.append(self.ids[label])
         return out
 

@@ -27,7 +27,7 @@ class Distributed:
     fsdp: bool = False
 
     @classmethod
-    def from_env(cls) -> "Distributed":
+    def from_env(cls) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
@@ -96,8 +96,9 @@ class Distributed:
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
 
     def load_model_state(self, model: torch.nn.Module, state: dict) -> None:
         if not self.fsdp:
@@ -106,16 +107,21 @@ class Distributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         model.reshard()  # the root unit stays gathered after a forward without backward (evaluation)
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        set_model_state_dict(
+            model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
 
-    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    def load_optimizer_state(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+    ) -> None:
         if not self.fsdp:
             optimizer.load_state_dict(state)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(model, optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        set_optimizer_state_dict(
+            model, optimizer, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
 
     def gather_object(self, obj) -> list:
         """Every rank's `obj`, in rank order, on every rank (a collective)."""
@@ -137,6 +143,7 @@ class Distributed:
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated layers of a transformer: the members of its longest ModuleList (encoder.layer, model.layers)."""
+    """The repeated layers of a transformer: the members of its longest ModuleList (encoder.layer,
+    model.layers)."""
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     return list(max(lists, key=len)) if lists else []

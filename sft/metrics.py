@@ -39,8 +39,12 @@ def classification_report(y_true, y_pred, label_names: list[str]) -> dict[str, A
         "f1_weighted": float((f1 * weights).sum()),
         "num_examples": int(total),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(label_names)
         },
         "confusion_matrix": cm.tolist(),

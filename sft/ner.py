@@ -50,8 +50,9 @@ def read_conll(path: str | Path, scheme: str = "auto") -> list[Sentence]:
         columns = columns or len(fields)
         if len(fields) < 2 or len(fields) != columns:
             expected = columns if columns >= 2 else "at least 2"
-            raise InputError(f"{path} line {n}: expected {expected} columns (token ... tag), "
-                             f"found {len(fields)}")
+            raise InputError(
+                f"{path} line {n}: expected {expected} columns (token ... tag), found {len(fields)}"
+            )
         if not tokens:
             start = n
         tokens.append(fields[0])
@@ -61,16 +62,20 @@ def read_conll(path: str | Path, scheme: str = "auto") -> list[Sentence]:
     return _finish(sentences, scheme, path, token_lines=True)
 
 
-def read_token_jsonl(path: str | Path, tokens_field: str = "tokens", tags_field: str = "tags",
-                     id2label: dict[int, str] | Sequence[str] | None = None,
-                     scheme: str = "auto") -> list[Sentence]:
+def read_token_jsonl(
+    path: str | Path,
+    tokens_field: str = "tokens",
+    tags_field: str = "tags",
+    id2label: dict[int, str] | Sequence[str] | None = None,
+    scheme: str = "auto",
+) -> list[Sentence]:
     """One {"tokens": [...], "tags": [...]} object per line; tags are strings, or ids mapped by id2label."""
     from .data import read_table
 
     names = dict(enumerate(id2label)) if isinstance(id2label, (list, tuple)) else id2label
     table = read_table(str(path))
     sentences = []
-    for row, where in zip(table.rows, table.where):
+    for row, where in zip(table.rows, table.where, strict=False):
         tokens, tags = row.get(tokens_field), row.get(tags_field)
         for field, value in ((tokens_field, tokens), (tags_field, tags)):
             if not isinstance(value, list) or not value:
@@ -80,8 +85,9 @@ def read_token_jsonl(path: str | Path, tokens_field: str = "tokens", tags_field:
             raise InputError(f"{where}: {len(tokens)} {tokens_field!r} but {len(tags)} {tags_field!r}")
         for i, token in enumerate(tokens):
             if not isinstance(token, str) or not token.strip():
-                raise InputError(f"{where}: {tokens_field!r} item {i + 1} is {token!r}, "
-                                 f"expected a non-blank string")
+                raise InputError(
+                    f"{where}: {tokens_field!r} item {i + 1} is {token!r}, expected a non-blank string"
+                )
         names_of_tags = [_tag_name(t, i, names, where, tags_field) for i, t in enumerate(tags)]
         sentences.append(Sentence(tokens, names_of_tags, where))
     return _finish(sentences, scheme, path, token_lines=False)
@@ -124,8 +130,10 @@ def _finish(sentences: list[Sentence], scheme: str, path: Path, *, token_lines: 
             if not _is_iob(tag):
                 raise InputError(f"{_place(s, i, token_lines)}: tag {tag!r} is not O, B-TYPE or I-TYPE")
             if scheme == "iob2" and _starts_with_inside(s.tags, i):
-                raise InputError(f"{_place(s, i, token_lines)}: tag {tag!r} starts an entity, which IOB2 "
-                                 f"does not allow (the file looks like IOB1: use scheme 'auto' or 'iob1')")
+                raise InputError(
+                    f"{_place(s, i, token_lines)}: tag {tag!r} starts an entity, which IOB2 "
+                    f"does not allow (the file looks like IOB1: use scheme 'auto' or 'iob1')"
+                )
         s.tags = to_iob2(s.tags)
     return sentences
 
@@ -169,24 +177,29 @@ def label_list(sentences: list[Sentence]) -> list[str]:
     return sorted(tags, key=key)
 
 
-def encode_sentences(tokenizer, sentences: list[Sentence], label2id: dict[str, int],
-                     max_length: int) -> list[dict[str, list[int]]]:
+def encode_sentences(
+    tokenizer, sentences: list[Sentence], label2id: dict[str, int], max_length: int
+) -> list[dict[str, list[int]]]:
     """Tokenize words into sub-words; a word's tag goes on its first sub-token, -100 everywhere else."""
     if not getattr(tokenizer, "is_fast", False):
-        raise InputError(f"{tokenizer.name_or_path}: token classification needs a fast tokenizer "
-                         f"(tokenizer.json)")
+        raise InputError(
+            f"{tokenizer.name_or_path}: token classification needs a fast tokenizer (tokenizer.json)"
+        )
     tag_ids = []
     for s in sentences:
         for i, tag in enumerate(s.tags):
             if tag not in label2id:
                 known = ", ".join(label2id)
-                raise InputError(f"{s.where}: tag {tag!r} of token {i + 1} ({s.tokens[i]!r}) is not one of "
-                                 f"the training tags ({known})")
+                raise InputError(
+                    f"{s.where}: tag {tag!r} of token {i + 1} ({s.tokens[i]!r}) is not one of "
+                    f"the training tags ({known})"
+                )
         tag_ids.append([label2id[t] for t in s.tags])
     if not sentences:
         return []
-    enc = tokenizer([s.tokens for s in sentences], is_split_into_words=True, truncation=True,
-                    max_length=max_length)
+    enc = tokenizer(
+        [s.tokens for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length
+    )
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     features, cut = [], 0
     for n, ids in enumerate(tag_ids):
@@ -198,17 +211,19 @@ def encode_sentences(tokenizer, sentences: list[Sentence], label2id: dict[str, i
         cut += kept < len(ids)
         features.append({**{k: enc[k][n] for k in keys}, "labels": labels})
     if cut:
-        print(f"note: {cut} of {len(sentences)} sentences lost words to max_length={max_length} "
-              f"(or to words the tokenizer maps to nothing); those words are not trained or scored",
-              file=sys.stderr)
+        print(
+            f"note: {cut} of {len(sentences)} sentences lost words to max_length={max_length} "
+            f"(or to words the tokenizer maps to nothing); those words are not trained or scored",
+            file=sys.stderr,
+        )
     return features
 
 
 def decode_predictions(pred_ids, labels, id2label) -> list[list[str]]:
     """Word-level tags from sub-token predictions: keep the positions whose label is not -100."""
     rows = []
-    for pred_row, label_row in zip(_as_lists(pred_ids), _as_lists(labels)):
-        rows.append([_name(id2label, p) for p, y in zip(pred_row, label_row) if y != IGNORE])
+    for pred_row, label_row in zip(_as_lists(pred_ids), _as_lists(labels), strict=False):
+        rows.append([_name(id2label, p) for p, y in zip(pred_row, label_row, strict=False) if y != IGNORE])
     return rows
 
 
@@ -247,20 +262,26 @@ def entity_report(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequen
         raise ValueError(f"{len(true_seqs)} true sequences but {len(pred_seqs)} predicted")
     true, pred = set(), set()
     correct_tokens = total_tokens = 0
-    for n, (t, p) in enumerate(zip(true_seqs, pred_seqs)):
+    for n, (t, p) in enumerate(zip(true_seqs, pred_seqs, strict=False)):
         if len(t) != len(p):
             raise ValueError(f"sequence {n}: {len(t)} true tags but {len(p)} predicted")
         true.update((n, *span) for span in entity_spans(t))
         pred.update((n, *span) for span in entity_spans(p))
-        correct_tokens += sum(a == b for a, b in zip(t, p))
+        correct_tokens += sum(a == b for a, b in zip(t, p, strict=False))
         total_tokens += len(t)
     hits = true & pred
     true_n, pred_n, hit_n = (Counter(span[1] for span in spans) for spans in (true, pred, hits))
-    per_type = {kind: {**_prf(hit_n[kind], pred_n[kind], true_n[kind]), "support": true_n[kind]}
-                for kind in sorted(set(true_n) | set(pred_n))}
-    return {**_prf(len(hits), len(pred), len(true)),
-            "accuracy": correct_tokens / total_tokens if total_tokens else 0.0,
-            "num_entities": len(true), "num_predicted": len(pred), "per_type": per_type}
+    per_type = {
+        kind: {**_prf(hit_n[kind], pred_n[kind], true_n[kind]), "support": true_n[kind]}
+        for kind in sorted(set(true_n) | set(pred_n))
+    }
+    return {
+        **_prf(len(hits), len(pred), len(true)),
+        "accuracy": correct_tokens / total_tokens if total_tokens else 0.0,
+        "num_entities": len(true),
+        "num_predicted": len(pred),
+        "per_type": per_type,
+    }
 
 
 def _prf(hits: int, predicted: int, actual: int) -> dict[str, float]:

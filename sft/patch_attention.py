@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import types
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +132,7 @@ def _sft_mask_interface(
     kv_length: int,
     kv_offset: int = 0,
     mask_function=None,
-    attention_mask: Optional[torch.Tensor] = None,
+    attention_mask: torch.Tensor | None = None,
     **kwargs,
 ):
     """Mask function registered next to the attention: the 2-D (B, kv_length) bool padding mask, or None."""
@@ -176,8 +176,8 @@ def sft_flash_attention_forward(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
-    scaling: Optional[float] = None,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
     dropout: float = 0.0,
     **kwargs,
 ):
@@ -267,7 +267,7 @@ def _set_backend_on_attention_modules(model: torch.nn.Module, backend: str) -> l
     return names
 
 
-def patch_llama_family(model: Optional[torch.nn.Module] = None, backend: str = "auto") -> list[str]:
+def patch_llama_family(model: torch.nn.Module | None = None, backend: str = "auto") -> list[str]:
     """Llama / Qwen2 / Mistral: register ``"sft_flash"`` and switch ``model`` to it.
 
     With ``model=None`` only the registration happens (then load with ``attn_implementation="sft_flash"``).
@@ -308,9 +308,7 @@ class _NotAPaddingMask(Exception):
     pass
 
 
-def _key_padding_from_mask(
-    mask: Optional[torch.Tensor], b: int, s: int, causal: bool
-) -> Optional[torch.Tensor]:
+def _key_padding_from_mask(mask: torch.Tensor | None, b: int, s: int, causal: bool) -> torch.Tensor | None:
     """(B, S) bool (True = real key) from a 2-D 0/1 mask or a 4-D additive/bool mask; None if no padding.
 
     A 4-D mask is accepted only if it is exactly ``key_padding`` (and ``causal``) broadcast over queries;
@@ -368,12 +366,12 @@ def _run_padded(module, q, k, v, key_real, causal, dropout_p):
 def _bert_self_attention_forward(
     self,
     hidden_states: torch.Tensor,
-    attention_mask: Optional[torch.Tensor] = None,
-    head_mask: Optional[torch.Tensor] = None,
-    encoder_hidden_states: Optional[torch.Tensor] = None,
+    attention_mask: torch.Tensor | None = None,
+    head_mask: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
     past_key_values=None,
-    output_attentions: Optional[bool] = False,
-    cache_position: Optional[torch.Tensor] = None,
+    output_attentions: bool | None = False,
+    cache_position: torch.Tensor | None = None,
     **kwargs,
 ):
     """Drop-in for ``BertSelfAttention.forward`` / ``RobertaSelfAttention.forward`` (and Sdpa variants)."""
@@ -418,8 +416,8 @@ def _distilbert_attention_forward(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    head_mask: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None,
+    head_mask: torch.Tensor | None = None,
     output_attentions: bool = False,
 ):
     """Drop-in for DistilBERT ``MultiHeadSelfAttention.forward`` (self-attention: query is key is value)."""

@@ -72,7 +72,9 @@ def apply_freeze(model: torch.nn.Module, spec: str | None) -> list[str]:
         try:
             pattern = re.compile(spec)
         except re.error as e:
-            raise InputError(f"--freeze {spec!r}: not embeddings|bottom:K|all-but-head and not a valid regex ({e})") from None
+            raise InputError(
+                f"--freeze {spec!r}: not embeddings|bottom:K|all-but-head and not a valid regex ({e})"
+            ) from None
         frozen = {n for n, _ in model.named_parameters() if pattern.search(n)}
         if not frozen:
             raise InputError(f"--freeze {spec!r}: the regex matches no parameter name")
@@ -110,8 +112,15 @@ class GradualUnfreezer:
         return self.unfrozen != before
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, *, layer_lr_decay: float = 1.0,
-                 head_lr: float | None = None, embedding_lr: float | None = None) -> list[dict]:
+def param_groups(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    *,
+    layer_lr_decay: float = 1.0,
+    head_lr: float | None = None,
+    embedding_lr: float | None = None,
+) -> list[dict]:
     """AdamW parameter groups: per layer-group learning rate, and no weight decay on 1-D parameters
     (biases, norms). Layer i of L gets lr * decay**(L - i); embeddings lr * decay**(L + 1) unless given."""
     groups = layer_groups(model)
@@ -141,26 +150,39 @@ def describe_param_groups(groups: list[dict]) -> list[str]:
     lines = [f"{'lr':>10} {'wd':>6} {'tensors':>8} {'params':>12}  first parameter"]
     for g in sorted(groups, key=lambda g: -g["lr"]):
         n = sum(p.numel() for p in g["params"])
-        lines.append(f"{g['lr']:>10.2e} {g['weight_decay']:>6.3f} {len(g['params']):>8} {n:>12,}  {g['names'][0]}")
+        lines.append(
+            f"{g['lr']:>10.2e} {g['weight_decay']:>6.3f} {len(g['params']):>8} {n:>12,}  {g['names'][0]}"
+        )
     return lines
 
 
-def apply_lora(model: torch.nn.Module, *, r: int, alpha: int, dropout: float, targets: list[str] | None,
-               task_type: str) -> torch.nn.Module:
+def apply_lora(
+    model: torch.nn.Module, *, r: int, alpha: int, dropout: float, targets: list[str] | None, task_type: str
+) -> torch.nn.Module:
     """Wrap `model` with LoRA adapters (peft). The classification head stays fully trainable."""
     from peft import LoraConfig, get_peft_model
 
     if targets:
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        supported = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                     if isinstance(m, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d))}
+        supported = {
+            n.rsplit(".", 1)[-1]
+            for n, m in model.named_modules()
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d))
+        }
         for t in targets:
             if t not in names:
                 raise InputError(f"--lora-targets {t}: no module of that name in the model")
             if t not in supported:
-                raise InputError(f"--lora-targets {t}: LoRA supports Linear / Embedding / Conv1d modules only")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or "all-linear",
-                        task_type=task_type)
+                raise InputError(
+                    f"--lora-targets {t}: LoRA supports Linear / Embedding / Conv1d modules only"
+                )
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets or "all-linear",
+        task_type=task_type,
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as e:

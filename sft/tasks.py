@@ -22,9 +22,12 @@ from .errors import InputError
 from .metrics import classification_report
 
 
-def make_task(cfg: TrainConfig) -> "Task":
-    return {"sequence-classification": SequenceClassification, "token-classification": TokenClassification,
-            "causal-lm": CausalLM}[cfg.task](cfg)
+def make_task(cfg: TrainConfig) -> Task:
+    return {
+        "sequence-classification": SequenceClassification,
+        "token-classification": TokenClassification,
+        "causal-lm": CausalLM,
+    }[cfg.task](cfg)
 
 
 def pad_rows(rows: list[dict[str, Any]], pad_values: dict[str, int], device) -> dict[str, torch.Tensor]:
@@ -39,7 +42,8 @@ def pad_rows(rows: list[dict[str, Any]], pad_values: dict[str, int], device) -> 
 
 
 def first_n(cfg, role: str, items):
-    """The leading examples of the train/eval split that are kept (--max-train-samples / --max-eval-samples)."""
+    """The leading examples of the train/eval split that are kept (--max-train-samples /
+    --max-eval-samples)."""
     limit = cfg.max_train_samples if role == "train" else cfg.max_eval_samples
     return items if limit is None else items[:limit]
 
@@ -97,24 +101,39 @@ class SequenceClassification(Task):
             return
         self.labels = LabelMap.from_labels(self.train_ex.labels)
         if len(self.labels.names) < 2:
-            raise InputError(f"{cfg.train}: column {cfg.label_column!r} has a single label "
-                             f"({self.labels.names[0]!r}); classification needs at least two")
+            raise InputError(
+                f"{cfg.train}: column {cfg.label_column!r} has a single label "
+                f"({self.labels.names[0]!r}); classification needs at least two"
+            )
         self.train_y = self.labels.encode(self.train_ex.labels, self.train_ex.where, cfg.label_column)
-        self.eval_y = (self.labels.encode(self.eval_ex.labels, self.eval_ex.where, cfg.label_column)
-                       if self.eval_ex else None)
+        self.eval_y = (
+            self.labels.encode(self.eval_ex.labels, self.eval_ex.where, cfg.label_column)
+            if self.eval_ex
+            else None
+        )
 
     def _examples(self, spec, role):
-        return first_n(self.cfg, role, extract_examples(read_table(spec, role=role), self.cfg.text_column,
-                                                        self.cfg.label_column, self.cfg.text_pair_column))
+        return first_n(
+            self.cfg,
+            role,
+            extract_examples(
+                read_table(spec, role=role),
+                self.cfg.text_column,
+                self.cfg.label_column,
+                self.cfg.text_pair_column,
+            ),
+        )
 
     def _floats(self, ex) -> list[float]:
         out = []
-        for value, where in zip(ex.labels, ex.where):
+        for value, where in zip(ex.labels, ex.where, strict=False):
             try:
                 out.append(float(value))
             except ValueError:
-                raise InputError(f"{where}: label {value!r} in column {self.cfg.label_column!r} is not a number "
-                                 f"(--problem-type regression)") from None
+                raise InputError(
+                    f"{where}: label {value!r} in column {self.cfg.label_column!r} is not a number "
+                    f"(--problem-type regression)"
+                ) from None
         return out
 
     def _split(self, value: str) -> list[str]:
@@ -129,7 +148,7 @@ class SequenceClassification(Task):
 
     def _multi_hot(self, ex) -> list[list[float]]:
         out = []
-        for value, where in zip(ex.labels, ex.where):
+        for value, where in zip(ex.labels, ex.where, strict=False):
             hot = [0.0] * len(self.labels.names)
             names = self._split(value)
             for i in self.labels.encode(names, [where] * len(names), self.cfg.label_column):
@@ -140,9 +159,15 @@ class SequenceClassification(Task):
     def model_kwargs(self):
         if self.problem == "regression":
             return {"num_labels": 1, "problem_type": "regression"}
-        problem = "multi_label_classification" if self.problem == "multi-label" else "single_label_classification"
-        return {"num_labels": len(self.labels.names), "id2label": self.labels.id2label(),
-                "label2id": self.labels.label2id(), "problem_type": problem}
+        problem = (
+            "multi_label_classification" if self.problem == "multi-label" else "single_label_classification"
+        )
+        return {
+            "num_labels": len(self.labels.names),
+            "id2label": self.labels.id2label(),
+            "label2id": self.labels.label2id(),
+            "problem_type": problem,
+        }
 
     def encode(self, tokenizer):
         def rows(ex, ys):
@@ -168,19 +193,20 @@ class SequenceClassification(Task):
             return torch.nn.functional.mse_loss(logits.squeeze(-1).float(), y)
         if self.problem == "multi-label":
             return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
-        return cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing, backend=kernels_backend,
-                             inplace=False)
+        return cross_entropy(
+            logits, y, label_smoothing=self.cfg.label_smoothing, backend=kernels_backend, inplace=False
+        )
 
     @torch.no_grad()
     def evaluate(self, model, rows, pad_id, device, batch_size, kernels_backend):
         outputs, total = [], 0.0
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = self.collate([rows[i] for i in idx], pad_id, device)
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
             total += self._eval_loss(logits, batch["labels"]).item() * len(idx)
-            outputs.extend(zip(idx, logits.cpu()))
+            outputs.extend(zip(idx, logits.cpu(), strict=False))
         logits = torch.stack([lg for _, lg in sorted(outputs, key=lambda t: t[0])])
         metrics = {"loss": total / len(rows)}
         y = [r["label"] for r in rows]
@@ -188,8 +214,11 @@ class SequenceClassification(Task):
             err = logits.squeeze(-1) - torch.tensor(y)
             metrics.update(rmse=float(err.pow(2).mean().sqrt()), mae=float(err.abs().mean()))
         elif self.problem == "multi-label":
-            metrics.update(_multi_label_report(torch.sigmoid(logits) >= self.cfg.threshold, torch.tensor(y) > 0.5,
-                                               self.labels.names))
+            metrics.update(
+                _multi_label_report(
+                    torch.sigmoid(logits) >= self.cfg.threshold, torch.tensor(y) > 0.5, self.labels.names
+                )
+            )
         else:
             metrics.update(classification_report(y, logits.argmax(-1).tolist(), self.labels.names))
         return metrics
@@ -212,11 +241,22 @@ def _multi_label_report(pred: torch.Tensor, true: torch.Tensor, names: list[str]
     micro_p = tp.sum() / max(1.0, float((tp + fp).sum()))
     micro_r = tp.sum() / max(1.0, float((tp + fn).sum()))
     micro_f1 = 2 * micro_p * micro_r / (micro_p + micro_r) if micro_p + micro_r > 0 else torch.tensor(0.0)
-    return {"subset_accuracy": float((pred == true).all(1).double().mean()),
-            "precision_macro": float(p.mean()), "recall_macro": float(r.mean()), "f1_macro": float(f1.mean()),
-            "f1_micro": float(micro_f1),
-            "per_class": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
-                              "support": int(true[:, i].sum())} for i, n in enumerate(names)}}
+    return {
+        "subset_accuracy": float((pred == true).all(1).double().mean()),
+        "precision_macro": float(p.mean()),
+        "recall_macro": float(r.mean()),
+        "f1_macro": float(f1.mean()),
+        "f1_micro": float(micro_f1),
+        "per_class": {
+            n: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f1[i]),
+                "support": int(true[:, i].sum()),
+            }
+            for i, n in enumerate(names)
+        },
+    }
 
 
 class TokenClassification(Task):
@@ -232,26 +272,38 @@ class TokenClassification(Task):
         self.labels = LabelMap(label_list(self.train_sents))
 
     def model_kwargs(self):
-        return {"num_labels": len(self.labels.names), "id2label": self.labels.id2label(),
-                "label2id": self.labels.label2id()}
+        return {
+            "num_labels": len(self.labels.names),
+            "id2label": self.labels.id2label(),
+            "label2id": self.labels.label2id(),
+        }
 
     def encode(self, tokenizer):
         from .ner import encode_sentences
 
         l2i = self.labels.label2id()
         train = encode_sentences(tokenizer, self.train_sents, l2i, self.cfg.max_length)
-        return train, encode_sentences(tokenizer, self.eval_sents, l2i, self.cfg.max_length) if self.eval_sents else None
+        return train, encode_sentences(
+            tokenizer, self.eval_sents, l2i, self.cfg.max_length
+        ) if self.eval_sents else None
 
     def collate(self, rows, pad_id, device):
-        return pad_rows(rows, {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": -100},
-                        device)
+        return pad_rows(
+            rows, {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": -100}, device
+        )
 
     def loss(self, model, batch, kernels_backend):
         from kernels import cross_entropy
 
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        return cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
-                             label_smoothing=self.cfg.label_smoothing, backend=kernels_backend, inplace=False)
+        return cross_entropy(
+            logits.flatten(0, 1),
+            batch["labels"].flatten(),
+            ignore_index=-100,
+            label_smoothing=self.cfg.label_smoothing,
+            backend=kernels_backend,
+            inplace=False,
+        )
 
     @torch.no_grad()
     def evaluate(self, model, rows, pad_id, device, batch_size, kernels_backend):
@@ -260,16 +312,18 @@ class TokenClassification(Task):
         id2label = self.labels.id2label()
         true_tags, pred_tags, total, count = [], [], 0.0, 0
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             batch = self.collate(chunk, pad_id, device)
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
             mask = batch["labels"] != -100
-            total += torch.nn.functional.cross_entropy(logits[mask], batch["labels"][mask], reduction="sum").item()
+            total += torch.nn.functional.cross_entropy(
+                logits[mask], batch["labels"][mask], reduction="sum"
+            ).item()
             count += int(mask.sum())
             pred_ids = logits.argmax(-1).tolist()
-            for r, p in zip(chunk, pred_ids):
+            for r, p in zip(chunk, pred_ids, strict=False):
                 true_tags.extend(decode_predictions([r["labels"]], [r["labels"]], id2label))
-                pred_tags.extend(decode_predictions([p[:len(r["labels"])]], [r["labels"]], id2label))
+                pred_tags.extend(decode_predictions([p[: len(r["labels"])]], [r["labels"]], id2label))
         return {"loss": total / max(1, count), **entity_report(true_tags, pred_tags)}
 
 
@@ -282,15 +336,18 @@ class CausalLM(Task):
         from .causal import read_instructions
 
         self.train_records = first_n(self.cfg, "train", read_instructions(self.cfg.train))
-        self.eval_records = (first_n(self.cfg, "eval", read_instructions(self.cfg.eval)) if self.cfg.eval
-                             else None)
+        self.eval_records = (
+            first_n(self.cfg, "eval", read_instructions(self.cfg.eval)) if self.cfg.eval else None
+        )
         self.labels = None
 
     def encode(self, tokenizer):
         from .causal import encode_records, pack
 
         train = encode_records(tokenizer, self.train_records, self.cfg.max_length)
-        evals = encode_records(tokenizer, self.eval_records, self.cfg.max_length) if self.eval_records else None
+        evals = (
+            encode_records(tokenizer, self.eval_records, self.cfg.max_length) if self.eval_records else None
+        )
         if self.cfg.packing:
             train = pack(train, self.cfg.max_length)
         return train, evals
@@ -311,8 +368,15 @@ class CausalLM(Task):
         head = base.get_output_embeddings()
         h = hidden[:, :-1].flatten(0, 1)
         y = batch[labels_key][:, 1:].flatten()
-        return fused_linear_cross_entropy(h, head.weight, y, bias=head.bias, ignore_index=-100,
-                                          label_smoothing=self.cfg.label_smoothing, backend=kernels_backend)
+        return fused_linear_cross_entropy(
+            h,
+            head.weight,
+            y,
+            bias=head.bias,
+            ignore_index=-100,
+            label_smoothing=self.cfg.label_smoothing,
+            backend=kernels_backend,
+        )
 
     def attention_mask(self, batch, kernels_backend: str = "torch"):
         """Packed rows need block-diagonal causal attention: each packed sequence sees only itself.
@@ -339,7 +403,7 @@ class CausalLM(Task):
 
         total, count = 0.0, 0
         for start in range(0, len(rows), batch_size):
-            batch = self.collate(rows[start:start + batch_size], pad_id, device)
+            batch = self.collate(rows[start : start + batch_size], pad_id, device)
             n = int((batch["labels"][:, 1:] != -100).sum())
             if n:
                 total += self.loss(model, batch, kernels_backend).item() * n

@@ -13,7 +13,9 @@ from .errors import InputError
 
 
 class MaskedLMObjective(torch.nn.Module):
-    def __init__(self, model_path: str, supervised_model: torch.nn.Module, tokenizer, mask_prob: float = 0.15):
+    def __init__(
+        self, model_path: str, supervised_model: torch.nn.Module, tokenizer, mask_prob: float = 0.15
+    ):
         super().__init__()
         import transformers
         from transformers import AutoModelForMaskedLM
@@ -22,7 +24,9 @@ class MaskedLMObjective(torch.nn.Module):
         try:
             mlm = AutoModelForMaskedLM.from_pretrained(model_path)
         except (OSError, ValueError) as e:
-            raise InputError(f"--unsup-weight: no masked-LM head for {model_path} ({str(e).splitlines()[0]})") from None
+            raise InputError(
+                f"--unsup-weight: no masked-LM head for {model_path} ({str(e).splitlines()[0]})"
+            ) from None
         prefix = supervised_model.base_model_prefix
         setattr(mlm, prefix, getattr(supervised_model, prefix))  # one encoder, two heads
         mlm.tie_weights()

@@ -29,14 +29,29 @@ def write_tiny_bert(directory: Path, *, hidden: int = 32, layers: int = 2, heads
     for line in (DEMO / "train.csv").read_text(encoding="utf-8").lower().splitlines():
         words.update(re.findall(r"[a-z]+", line))
     chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars)
-                               + [f"##{c}" for c in chars] + list(".,!?'\"-:;#@()") + sorted(words)))
+    vocab = list(
+        dict.fromkeys(
+            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            + list(chars)
+            + [f"##{c}" for c in chars]
+            + list(".,!?'\"-:;#@()")
+            + sorted(words)
+        )
+    )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True, model_max_length=128)
+    tokenizer = BertTokenizerFast(
+        vocab_file=str(directory / "vocab.txt"), do_lower_case=True, model_max_length=128
+    )
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -53,9 +68,19 @@ def tiny_checkpoint(tiny_bert, tmp_path_factory) -> Path:
     from sft import load_config, train
 
     out = tmp_path_factory.mktemp("tiny-ckpt") / "ckpt"
-    cfg = load_config(overrides={"train": str(DEMO / "train.csv"), "eval": str(DEMO / "eval.csv"),
-                                 "model": str(tiny_bert), "output": str(out), "max_steps": 12,
-                                 "batch_size": 16, "lr": 1e-3, "max_length": 48, "progress": False})
+    cfg = load_config(
+        overrides={
+            "train": str(DEMO / "train.csv"),
+            "eval": str(DEMO / "eval.csv"),
+            "model": str(tiny_bert),
+            "output": str(out),
+            "max_steps": 12,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "max_length": 48,
+            "progress": False,
+        }
+    )
     train(cfg)
     return out
 
@@ -72,8 +97,9 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run one of the console scripts as a user would, capturing output."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
-                          env=env, **kwargs)
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, env=env, **kwargs
+    )
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
@@ -96,16 +122,30 @@ def write_tiny_llama(directory: Path, *, texts: list[str] | None = None) -> Path
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|pad|>", "<|bos|>", "<|eos|>"],
-                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|pad|>", "<|bos|>", "<|eos|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(corpus + ["### Instruction:", "### Input:", "### Response:"], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|eos|>", pad_token="<|pad|>",
-                                        bos_token="<|bos|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|eos|>", pad_token="<|pad|>", bos_token="<|bos|>"
+    )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

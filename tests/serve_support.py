@@ -35,8 +35,14 @@ def export_bundle(checkpoint: Path, out: Path, task: str, max_length: int, **man
     work = out.with_name(out.name + "-optimum")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        main_export(str(checkpoint), output=work, task=task, local_files_only=True, do_validation=False,
-                    library_name="transformers")
+        main_export(
+            str(checkpoint),
+            output=work,
+            task=task,
+            local_files_only=True,
+            do_validation=False,
+            library_name="transformers",
+        )
     out.mkdir(parents=True)
     for name in ("model.onnx", "config.json"):
         shutil.copy2(work / name, out / name)
@@ -45,9 +51,16 @@ def export_bundle(checkpoint: Path, out: Path, task: str, max_length: int, **man
     import onnx
 
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
-    record = {"format": 1, "task": task, "max_length": max_length, "pad_token": "[PAD]",
-              "inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output], **manifest,
-              "sha256": {n: _sha(out / n) for n in ("model.onnx", "tokenizer.json", "config.json")}}
+    record = {
+        "format": 1,
+        "task": task,
+        "max_length": max_length,
+        "pad_token": "[PAD]",
+        "inputs": [i.name for i in graph.input],
+        "outputs": [o.name for o in graph.output],
+        **manifest,
+        "sha256": {n: _sha(out / n) for n in ("model.onnx", "tokenizer.json", "config.json")},
+    }
     (out / "manifest.json").write_text(json.dumps(record, indent=2))
     return out
 
@@ -70,8 +83,14 @@ def classifier_checkpoint(base: Path) -> Path:
 
 @functools.cache
 def classifier_bundle(base: Path) -> Path:
-    return export_bundle(classifier_checkpoint(base), base / "cls-bundle", "text-classification", 32,
-                         labels=CLS_LABELS, problem_type="single_label_classification")
+    return export_bundle(
+        classifier_checkpoint(base),
+        base / "cls-bundle",
+        "text-classification",
+        32,
+        labels=CLS_LABELS,
+        problem_type="single_label_classification",
+    )
 
 
 @functools.cache
@@ -98,8 +117,9 @@ def token_checkpoint(base: Path) -> Path:
 
 @functools.cache
 def token_bundle(base: Path) -> Path:
-    return export_bundle(token_checkpoint(base), base / "ner-bundle", "token-classification", 64,
-                         labels=NER_LABELS)
+    return export_bundle(
+        token_checkpoint(base), base / "ner-bundle", "token-classification", 64, labels=NER_LABELS
+    )
 
 
 @functools.cache
@@ -120,12 +140,21 @@ def llama_checkpoint(base: Path) -> Path:
     tok.post_processor = TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", bos)])
     tok.no_padding()
     tok.no_truncation()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]",
-                            unk_token="[UNK]").save_pretrained(out)
-    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
+    ).save_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
     torch.manual_seed(3)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
@@ -135,10 +164,15 @@ def llama_checkpoint(base: Path) -> Path:
 def llama_bundle(base: Path) -> Path:
     ckpt = llama_checkpoint(base)
     config = json.loads((ckpt / "config.json").read_text())
-    generation = {"eos_token_id": config["eos_token_id"], "bos_token_id": config["bos_token_id"],
-                  "pad_token_id": config["pad_token_id"], "num_layers": config["num_hidden_layers"],
-                  "num_key_value_heads": config["num_key_value_heads"],
-                  "head_dim": config["hidden_size"] // config["num_attention_heads"], "chat_template": None}
+    generation = {
+        "eos_token_id": config["eos_token_id"],
+        "bos_token_id": config["bos_token_id"],
+        "pad_token_id": config["pad_token_id"],
+        "num_layers": config["num_hidden_layers"],
+        "num_key_value_heads": config["num_key_value_heads"],
+        "head_dim": config["hidden_size"] // config["num_attention_heads"],
+        "chat_template": None,
+    }
     return export_bundle(ckpt, base / "llama-bundle", "text-generation-with-past", 64, generation=generation)
 
 
@@ -148,8 +182,12 @@ class Daemon:
     def __init__(self, bundle: Path, *args: str, env: dict | None = None):
         import os
 
-        self.proc = subprocess.Popen([str(BIN / "sft-serve"), str(bundle), "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            [str(BIN / "sft-serve"), str(bundle), "--port", "0", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         self.log = []
         for line in self.proc.stderr:
             self.log.append(line)

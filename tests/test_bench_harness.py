@@ -11,9 +11,28 @@ from conftest import ROOT
 
 
 def test_train_speed_harness_cpu_smoke(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.train_speed", "--cpu-smoke", "--workload", "decoder",
-                           "--arms", "trainer,ours-torch,ours-packed", "--steps", "2", "--warmup", "1",
-                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.train_speed",
+            "--cpu-smoke",
+            "--workload",
+            "decoder",
+            "--arms",
+            "trainer,ours-torch,ours-packed",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "train_speed_cpu_smoke.json").read_text())
     results = {r["arm"]: r for r in record["results"]}
@@ -29,8 +48,15 @@ def test_train_speed_harness_cpu_smoke(tmp_path):
 def test_runtime_benchmark(tiny_bundle, tiny_checkpoint, tmp_path):
     from bench.runtime import run
 
-    result = run(str(tiny_checkpoint), str(tiny_bundle), batch_sizes=[1, 4], seconds=0.2, threads=1,
-                 agreement_file=str(ROOT / "examples" / "demo" / "predict.txt"), out_dir=str(tmp_path))
+    result = run(
+        str(tiny_checkpoint),
+        str(tiny_bundle),
+        batch_sizes=[1, 4],
+        seconds=0.2,
+        threads=1,
+        agreement_file=str(ROOT / "examples" / "demo" / "predict.txt"),
+        out_dir=str(tmp_path),
+    )
     assert [r["batch_size"] for r in result["throughput"]] == [1, 4]
     assert all(r["ort_texts_per_s"] > 0 and r["torch_texts_per_s"] > 0 for r in result["throughput"])
     assert result["agreement"]["argmax_agreement"] == 1.0 and result["agreement"]["max_abs_logit_diff"] < 1e-4
@@ -39,16 +65,40 @@ def test_runtime_benchmark(tiny_bundle, tiny_checkpoint, tmp_path):
 
 def test_trainer_compare_same_batches_same_result(tiny_bert, tmp_path):
     """Fed sft-train's batches, with no dropout and no warmup, the Trainer ends where sft-train does; left to
-    shuffle on its own it does not (so the comparison's agreement comes from the loop, not by construction)."""
-    from bench.trainer_compare import main
-
+    shuffle on its own it does not (so the comparison's agreement comes from the loop, not by
+    construction)."""
     from conftest import DEMO
+
+    from bench.trainer_compare import main
 
     def run(order: str) -> dict:
         out = tmp_path / order
-        main(["--train", str(DEMO / "train.csv"), "--eval", str(DEMO / "eval.csv"), "--model", str(tiny_bert),
-              "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--max-length", "48", "--dropout", "0",
-              "--warmup-ratio", "0", "--trainer-order", order, "--out", str(out)])
+        main(
+            [
+                "--train",
+                str(DEMO / "train.csv"),
+                "--eval",
+                str(DEMO / "eval.csv"),
+                "--model",
+                str(tiny_bert),
+                "--epochs",
+                "3",
+                "--batch-size",
+                "16",
+                "--lr",
+                "3e-3",
+                "--max-length",
+                "48",
+                "--dropout",
+                "0",
+                "--warmup-ratio",
+                "0",
+                "--trainer-order",
+                order,
+                "--out",
+                str(out),
+            ]
+        )
         results = json.loads((out / "trainer_compare_sequence-classification.json").read_text())["results"]
         return {arm: r["metrics"]["loss"] for arm, r in results.items()}
 
@@ -64,8 +114,11 @@ def test_committed_results_redraw_as_png(tmp_path):
 
     from bench.plots import draw
 
-    records = [p for p in (ROOT / "bench" / "results").glob("*.json")
-               if p.name.startswith(("runtime", "serve_load", "export_quality", "trainer_compare"))]
+    records = [
+        p
+        for p in (ROOT / "bench" / "results").glob("*.json")
+        if p.name.startswith(("runtime", "serve_load", "export_quality", "trainer_compare"))
+    ]
     assert records, "no committed results to draw"
     for record in records:
         copy = shutil.copy(record, tmp_path / record.name)
@@ -74,11 +127,30 @@ def test_committed_results_redraw_as_png(tmp_path):
 
 
 def test_load_benchmark_against_a_real_daemon(tiny_bundle, tiny_checkpoint, tmp_path):
-    """sft-serve started as a process, closed-loop clients at two levels, a short soak, and the model alone."""
+    """sft-serve started as a process, closed-loop clients at two levels, a short soak, and the model
+    alone."""
     from bench.load import main
 
-    main([str(tiny_bundle), str(tiny_checkpoint), "--servers", "sft-serve", "--clients", "1,4", "--seconds", "0.5",
-          "--soak", "50", "--cold-starts", "1", "--ceiling-seconds", "0.2", "--out", str(tmp_path)])
+    main(
+        [
+            str(tiny_bundle),
+            str(tiny_checkpoint),
+            "--servers",
+            "sft-serve",
+            "--clients",
+            "1,4",
+            "--seconds",
+            "0.5",
+            "--soak",
+            "50",
+            "--cold-starts",
+            "1",
+            "--ceiling-seconds",
+            "0.2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     record = json.loads((tmp_path / "serve_load.json").read_text())
     served = record["results"][0]
     assert [lv["clients"] for lv in served["levels"]] == [1, 4]

@@ -13,17 +13,23 @@ def _write(path, text):
     return path
 
 
-@pytest.mark.parametrize("name,content", [
-    ("d.csv", 'text,label\n"hello, world",pos\nbad day,neg\n'),
-    ("d.tsv", 'text\tlabel\nhello, "world"\tpos\nbad day\tneg\n'),
-    ("d.jsonl", '{"text": "hello, world", "label": "pos"}\n\n{"text": "bad day", "label": "neg"}\n'),
-    ("d.json", json.dumps([{"text": "hello, world", "label": "pos"}, {"text": "bad day", "label": "neg"}])),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("d.csv", 'text,label\n"hello, world",pos\nbad day,neg\n'),
+        ("d.tsv", 'text\tlabel\nhello, "world"\tpos\nbad day\tneg\n'),
+        ("d.jsonl", '{"text": "hello, world", "label": "pos"}\n\n{"text": "bad day", "label": "neg"}\n'),
+        (
+            "d.json",
+            json.dumps([{"text": "hello, world", "label": "pos"}, {"text": "bad day", "label": "neg"}]),
+        ),
+    ],
+)
 def test_formats_read_the_same_examples(tmp_path, name, content):
     table = read_table(str(_write(tmp_path / name, content)))
     ex = extract_examples(table, "text", "label")
     assert ex.texts[1] == "bad day" and ex.labels == ["pos", "neg"]
-    assert ex.texts[0] in ('hello, world', 'hello, "world"')
+    assert ex.texts[0] in ("hello, world", 'hello, "world"')
 
 
 def test_parquet(tmp_path):
@@ -41,16 +47,29 @@ def test_label_map_sorts_numeric_labels_numerically():
     assert LabelMap.from_labels(["1", "0", "1"]).encode(["0", "1"], ["x", "y"], "label") == [0, 1]
 
 
-@pytest.mark.parametrize("name,content,column,fragments", [
-    ("e.csv", "text,label\nfine,a\n,b\n", "text", ["e.csv line 3", "empty text", "'text'"]),
-    ("e.jsonl", '{"text": "ok", "label": 1}\n{"text": "x", "label": 2\n', "text", ["e.jsonl line 2", "malformed JSON"]),
-    ("e.csv", "sentence,label\nfine,a\n", "text", ["no column 'text'", "sentence"]),
-    ("e.csv", "text,label\nfine,a,extra\n", "text", ["e.csv line 2", "expected 2 fields"]),
-    ("e.csv", "", "text", ["empty file"]),
-    ("e.csv", "text,label\n", "text", ["no data rows"]),
-    ("e.jsonl", '{"text": "a", "label": "x"}\n{"text": "fine"}\n', "text", ["e.jsonl line 2", "empty label"]),
-    ("e.jsonl", '{"text": "fine"}\n', "text", ["no column 'label'", "--label-column"]),
-])
+@pytest.mark.parametrize(
+    "name,content,column,fragments",
+    [
+        ("e.csv", "text,label\nfine,a\n,b\n", "text", ["e.csv line 3", "empty text", "'text'"]),
+        (
+            "e.jsonl",
+            '{"text": "ok", "label": 1}\n{"text": "x", "label": 2\n',
+            "text",
+            ["e.jsonl line 2", "malformed JSON"],
+        ),
+        ("e.csv", "sentence,label\nfine,a\n", "text", ["no column 'text'", "sentence"]),
+        ("e.csv", "text,label\nfine,a,extra\n", "text", ["e.csv line 2", "expected 2 fields"]),
+        ("e.csv", "", "text", ["empty file"]),
+        ("e.csv", "text,label\n", "text", ["no data rows"]),
+        (
+            "e.jsonl",
+            '{"text": "a", "label": "x"}\n{"text": "fine"}\n',
+            "text",
+            ["e.jsonl line 2", "empty label"],
+        ),
+        ("e.jsonl", '{"text": "fine"}\n', "text", ["no column 'label'", "--label-column"]),
+    ],
+)
 def test_bad_input_names_the_place(tmp_path, name, content, column, fragments):
     path = _write(tmp_path / name, content)
     with pytest.raises(InputError) as err:

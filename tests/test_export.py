@@ -1,4 +1,5 @@
-"""sft-export: every task exports and validates, LoRA merges, bad inputs fail cleanly with nothing left behind.
+"""sft-export: every task exports and validates, LoRA merges, bad inputs fail cleanly with nothing left
+behind.
 
 Checkpoints are tiny models built here (the classifier and the tagger trained a few dozen steps so their
 accuracy means something); builders are cached per test session and shared with tests/test_export_*.py.
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DEMO, write_tiny_bert
+
 from export import ValidationError, export_onnx
 from serve.bundle import sha256_file
 
@@ -65,8 +66,10 @@ def classifier_checkpoint(base: Path) -> Path:
     rows = list(csv.DictReader((DEMO / "train.csv").open()))
     batches = []
     for i in range(0, len(rows), 32):
-        chunk = rows[i:i + 32]
-        enc = tok([r["text"] for r in chunk], padding=True, truncation=True, max_length=48, return_tensors="pt")
+        chunk = rows[i : i + 32]
+        enc = tok(
+            [r["text"] for r in chunk], padding=True, truncation=True, max_length=48, return_tensors="pt"
+        )
         enc["labels"] = torch.tensor([CLS_LABELS.index(r["label"]) for r in chunk])
         batches.append(dict(enc))
     _train(model, batches, steps=60)
@@ -88,7 +91,9 @@ def ner_sentences(seed: int, count: int) -> list[tuple[list[str], list[str]]]:
 
 
 def write_conll(path: Path, sentences) -> Path:
-    path.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(*s)) for s in sentences) + "\n")
+    path.write_text(
+        "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(*s, strict=False)) for s in sentences) + "\n"
+    )
     return path
 
 
@@ -114,7 +119,7 @@ def tagger_checkpoint(base: Path) -> Path:
     sentences = ner_sentences(1, 64)
     batches = []
     for i in range(0, len(sentences), 16):
-        chunk = sentences[i:i + 16]
+        chunk = sentences[i : i + 16]
         enc = tok([s[0] for s in chunk], is_split_into_words=True, padding=True, return_tensors="pt")
         labels = torch.full(enc["input_ids"].shape, -100)
         for row, (_, tags) in enumerate(chunk):
@@ -146,11 +151,26 @@ def llama_checkpoint(base: Path) -> Path:
     tok.post_processor = TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", bos)])
     tok.no_padding()
     tok.no_truncation()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]",
-                            unk_token="[UNK]", chat_template=CHAT_TEMPLATE).save_pretrained(d)
-    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        chat_template=CHAT_TEMPLATE,
+    ).save_pretrained(d)
+    config = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
     torch.manual_seed(3)
     LlamaForCausalLM(config).save_pretrained(d)
     _write_train_config(d, max_length=64)
@@ -222,7 +242,12 @@ def test_text_classification_bundle(base):
 
     ckpt = classifier_checkpoint(base)
     bundle = exported(base, "cls", ckpt)
-    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "manifest.json", "model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "model.onnx",
+        "tokenizer.json",
+    ]
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["format"] == 1 and manifest["task"] == "text-classification"
     assert manifest["labels"] == CLS_LABELS
@@ -261,7 +286,9 @@ def test_token_classification_bundle(base):
     assert manifest["validation"]["max_abs_diff"] <= 1e-4
 
     tok = AutoTokenizer.from_pretrained(ckpt)
-    batch = tok(["ann lives in paris", "why did rome bill eve twice again"], padding=True, return_tensors="pt")
+    batch = tok(
+        ["ann lives in paris", "why did rome bill eve twice again"], padding=True, return_tensors="pt"
+    )
     expected = AutoModelForTokenClassification.from_pretrained(ckpt)(**batch).logits.detach().numpy()
     got = ORTModelForTokenClassification.from_pretrained(bundle)(**batch).logits.numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
@@ -281,9 +308,14 @@ def test_generation_bundle_matches_pytorch_greedy_decoding(base):
     config = json.loads((ckpt / "config.json").read_text())
     assert manifest["task"] == "text-generation-with-past" and manifest["labels"] == []
     assert manifest["generation"] == {
-        "eos_token_id": config["eos_token_id"], "bos_token_id": config["bos_token_id"],
-        "pad_token_id": config["pad_token_id"], "num_layers": 2, "num_key_value_heads": 2, "head_dim": 8,
-        "chat_template": CHAT_TEMPLATE}
+        "eos_token_id": config["eos_token_id"],
+        "bos_token_id": config["bos_token_id"],
+        "pad_token_id": config["pad_token_id"],
+        "num_layers": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "chat_template": CHAT_TEMPLATE,
+    }
     assert "past_key_values.1.value" in manifest["inputs"] and "present.1.value" in manifest["outputs"]
     outputs = manifest["validation"]["outputs"]
     assert set(outputs) == {"logits"} | {f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")}
@@ -299,22 +331,33 @@ def test_generation_bundle_matches_pytorch_greedy_decoding(base):
     ids, past, got = prompt, None, []
     for _ in range(6):
         length = prompt.shape[1] + len(got)
-        feeds = {"input_ids": ids, "attention_mask": np.ones((1, length), dtype=np.int64),
-                 "position_ids": np.arange(length - ids.shape[1], length, dtype=np.int64)[None]}
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones((1, length), dtype=np.int64),
+            "position_ids": np.arange(length - ids.shape[1], length, dtype=np.int64)[None],
+        }
         out = session.run(feeds, past=past)
         got.append(int(out["logits"][0, -1].argmax()))
         ids, past = np.array([[got[-1]]], dtype=np.int64), present_to_past(out)
     assert got == expected
-    assert greedy_tokens(ORTModelForCausalLM.from_pretrained(bundle), prompt, 6) == expected  # Optimum loads it
+    assert (
+        greedy_tokens(ORTModelForCausalLM.from_pretrained(bundle), prompt, 6) == expected
+    )  # Optimum loads it
 
 
 def greedy_tokens(model, prompt: np.ndarray, count: int) -> list[int]:
     import torch
 
     ids = torch.from_numpy(prompt)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=count, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-    return out[0, prompt.shape[1]:].tolist()
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=count,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[0, prompt.shape[1] :].tolist()
 
 
 def test_serve_runs_every_exported_task(base):
@@ -348,8 +391,9 @@ def test_disagreement_beyond_atol_fails_and_leaves_nothing(base, tmp_path, monke
         export_onnx(classifier_checkpoint(base), out, atol=1e-3)
     assert not list(tmp_path.iterdir())
 
-    code, _, err = run_export_cli(monkeypatch, capsys, classifier_checkpoint(base), "--onnx", "-o", out,
-                                  "--atol", "1e-3")
+    code, _, err = run_export_cli(
+        monkeypatch, capsys, classifier_checkpoint(base), "--onnx", "-o", out, "--atol", "1e-3"
+    )
     assert_one_line_error(code, err, "differ by", "no bundle written", expected_code=1)
     assert not list(tmp_path.iterdir())
 
@@ -376,8 +420,10 @@ def test_lora_adapter_is_merged_before_export(base, tmp_path):
     from serve.runtime import TextClassifier
 
     ckpt = classifier_checkpoint(base)
-    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(ckpt),
-                           LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"]))
+    model = get_peft_model(
+        AutoModelForSequenceClassification.from_pretrained(ckpt),
+        LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"]),
+    )
     torch.manual_seed(5)
     with torch.no_grad():  # a trained adapter: B is no longer zero, so the merge changes the outputs
         for name, p in model.named_parameters():
@@ -390,11 +436,14 @@ def test_lora_adapter_is_merged_before_export(base, tmp_path):
 
     report = export_onnx(adapter, tmp_path / "bundle")
     assert report.manifest["lora"]["merged"] and report.manifest["lora"]["base"] == str(ckpt.resolve())
-    assert report.manifest["labels"] == CLS_LABELS and report.manifest["max_length"] == 48  # the base's training
+    assert (
+        report.manifest["labels"] == CLS_LABELS and report.manifest["max_length"] == 48
+    )  # the base's training
 
     texts = (DEMO / "predict.txt").read_text().splitlines()[:6]
-    batch = AutoTokenizer.from_pretrained(ckpt)(texts, padding=True, truncation=True, max_length=48,
-                                                return_tensors="pt")
+    batch = AutoTokenizer.from_pretrained(ckpt)(
+        texts, padding=True, truncation=True, max_length=48, return_tensors="pt"
+    )
     with torch.no_grad():
         adapted = model.eval()(**batch).logits.numpy()
         plain = AutoModelForSequenceClassification.from_pretrained(ckpt)(**batch).logits.numpy()
@@ -421,10 +470,15 @@ def _broken_copies(ckpt: Path, tmp_path: Path) -> dict[str, Path]:
     truncated = copy("truncated")
     weights = truncated / "model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes(data[:len(data) // 2])
+    weights.write_bytes(data[: len(data) // 2])
     (tmp_path / "a-file").write_text("x")
-    return {"no-config": no_config, "masked-lm": masked_lm, "no-tokenizer": no_tokenizer, "truncated": truncated,
-            "file": tmp_path / "a-file"}
+    return {
+        "no-config": no_config,
+        "masked-lm": masked_lm,
+        "no-tokenizer": no_tokenizer,
+        "truncated": truncated,
+        "file": tmp_path / "a-file",
+    }
 
 
 def test_bad_inputs_exit_2_with_one_line_and_leave_nothing(base, tmp_path, monkeypatch, capsys):
@@ -447,7 +501,10 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_nothing(base, tmp_path, monke
         ((tmp_path / "nope", "--onnx", "-o", out), ["checkpoint directory not found"]),
         ((bad["file"], "--onnx", "-o", out), ["not a directory"]),
         ((bad["no-config"], "--onnx", "-o", out), ["no-config: not a checkpoint (no config.json)"]),
-        ((bad["masked-lm"], "--onnx", "-o", out), ["masked-lm/config.json", "BertForMaskedLM", "not supported"]),
+        (
+            (bad["masked-lm"], "--onnx", "-o", out),
+            ["masked-lm/config.json", "BertForMaskedLM", "not supported"],
+        ),
         ((bad["no-tokenizer"], "--onnx", "-o", out), ["no-tokenizer: no tokenizer.json"]),
         ((bad["truncated"], "--onnx", "-o", out), ["truncated/model.safetensors: truncated or corrupt"]),
         ((ckpt, "--onnx", "-o", unwritable), ["--output", "not writable"]),
@@ -455,9 +512,14 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_nothing(base, tmp_path, monke
         ((ckpt, "--onnx", "-o", out, "--optimize", "O4", "--quantize", "int8"), ["O4"]),
         ((ckpt, "--onnx", "-o", out, "--quantize", "int4"), ["--quantize 'int4'"]),
         ((ckpt, "--onnx", "-o", out, "--task", "summarization"), ["--task 'summarization'"]),
-        ((ckpt, "--onnx", "-o", out, "--eval-file", tmp_path / "missing.csv"), ["missing.csv: file not found"]),
-        ((ckpt, "--onnx", "-o", out, "--eval-file", DEMO / "eval.csv", "--label-column", "topic"),
-         ["eval.csv: no column 'topic'"]),
+        (
+            (ckpt, "--onnx", "-o", out, "--eval-file", tmp_path / "missing.csv"),
+            ["missing.csv: file not found"],
+        ),
+        (
+            (ckpt, "--onnx", "-o", out, "--eval-file", DEMO / "eval.csv", "--label-column", "topic"),
+            ["eval.csv: no column 'topic'"],
+        ),
         ((ckpt, "--onnx", "-o", out, "--triton-repo", bad["file"]), ["--triton-repo", "not a directory"]),
         ((ckpt, "-o", out), ["--onnx"]),
     ]
@@ -482,8 +544,9 @@ def test_truncated_weights_through_the_console_script(base, tmp_path):
 def test_lora_adapter_whose_base_is_missing(base, tmp_path, monkeypatch, capsys):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "task_type": "SEQ_CLS",
-                                                             "base_model_name_or_path": "org/not-here"}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": "org/not-here"})
+    )
     (adapter / "adapter_model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
     code, _, err = run_export_cli(monkeypatch, capsys, adapter, "--onnx", "-o", tmp_path / "b")
     assert_one_line_error(code, err, "base_model_name_or_path 'org/not-here' is not a local checkpoint")
@@ -491,7 +554,8 @@ def test_lora_adapter_whose_base_is_missing(base, tmp_path, monkeypatch, capsys)
 
 def test_a_model_type_optimum_cannot_export_for_the_task(base, tmp_path, monkeypatch, capsys):
     ckpt = Path(shutil.copytree(llama_checkpoint(base), tmp_path / "llama"))
-    code, _, err = run_export_cli(monkeypatch, capsys, ckpt, "--onnx", "-o", tmp_path / "b",
-                                  "--task", "token-classification")
+    code, _, err = run_export_cli(
+        monkeypatch, capsys, ckpt, "--onnx", "-o", tmp_path / "b", "--task", "token-classification"
+    )
     assert_one_line_error(code, err, "cannot export model_type 'llama' for token-classification")
     assert leftovers(tmp_path) == [] and not (tmp_path / "b").exists()

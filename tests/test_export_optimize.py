@@ -1,4 +1,5 @@
-"""sft-export --optimize / --quantize: fused graphs still validate, int8 comes with an accuracy report and a gate."""
+"""sft-export --optimize / --quantize: fused graphs still validate, int8 comes with an accuracy report and a
+gate."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DEMO
+from test_export import (
+    assert_one_line_error,
+    classifier_checkpoint,
+    exported,  # noqa: F401
+    leftovers,
+    llama_checkpoint,
+    ner_sentences,
+    run_export_cli,
+    tagger_checkpoint,
+    write_conll,
+)
+
 from export import ValidationError, export_onnx
 from export.convert import cpu_instruction_set
-from test_export import (CLS_LABELS, NER_LABELS, assert_one_line_error, classifier_checkpoint, exported,  # noqa: F401
-                         leftovers, llama_checkpoint, ner_sentences, run_export_cli, single_threaded,
-                         tagger_checkpoint, write_conll)
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +46,7 @@ def torch_accuracy(checkpoint: Path, eval_csv: Path) -> float:
     rows = list(csv.DictReader(eval_csv.open()))
     classify = pipeline("text-classification", model=str(checkpoint), tokenizer=str(checkpoint))
     predictions = classify([r["text"] for r in rows], truncation=True, max_length=48)
-    return float(np.mean([p["label"] == r["label"] for p, r in zip(predictions, rows)]))
+    return float(np.mean([p["label"] == r["label"] for p, r in zip(predictions, rows, strict=False)]))
 
 
 @pytest.mark.parametrize("level, fused_op", [("O1", None), ("O2", "Attention")])
@@ -58,10 +67,16 @@ def test_int8_with_accuracy_report(base):
 
     ckpt = classifier_checkpoint(base)
     eval_csv = DEMO / "eval.csv"
-    report = export_onnx(ckpt, base / "bundles" / "cls-int8", quantize="int8", eval_file=eval_csv, keep_fp32=True)
+    report = export_onnx(
+        ckpt, base / "bundles" / "cls-int8", quantize="int8", eval_file=eval_csv, keep_fp32=True
+    )
     manifest = report.manifest
-    assert manifest["quantization"] == {"dtype": "int8", "method": "dynamic", "per_channel": True,
-                                        "instruction_set": cpu_instruction_set()}
+    assert manifest["quantization"] == {
+        "dtype": "int8",
+        "method": "dynamic",
+        "per_channel": True,
+        "instruction_set": cpu_instruction_set(),
+    }
     pytorch, fp32, int8 = report.models
     assert [m["model"] for m in report.models] == ["PyTorch", "ONNX fp32", "ONNX int8"]
     assert [m["file"] for m in report.models] == ["model.safetensors", "model_fp32.onnx", "model.onnx"]
@@ -85,7 +100,12 @@ def test_int8_with_accuracy_report(base):
 def test_int8_without_keep_fp32_holds_only_the_int8_graph(base):
     bundle = exported(base, "cls-O2-int8", classifier_checkpoint(base), optimize="O2", quantize="int8")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "manifest.json", "model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "model.onnx",
+        "tokenizer.json",
+    ]
     assert manifest["optimization"] == {"level": "O2"} and manifest["quantization"]["dtype"] == "int8"
     assert "accuracy" not in manifest  # no eval file: nothing measured, nothing claimed
     assert op_counts(bundle / "model.onnx")["MatMulInteger"] > 0
@@ -104,8 +124,13 @@ def test_generation_int8_reports_next_token_accuracy(base, tmp_path):
     records = [{"instruction": f"where is parcel {i}", "output": "it ships today"} for i in range(6)]
     eval_file = tmp_path / "eval.jsonl"
     eval_file.write_text("".join(json.dumps(r) + "\n" for r in records))
-    report = export_onnx(llama_checkpoint(base), tmp_path / "bundle", quantize="int8", eval_file=eval_file,
-                         max_accuracy_drop=100)
+    report = export_onnx(
+        llama_checkpoint(base),
+        tmp_path / "bundle",
+        quantize="int8",
+        eval_file=eval_file,
+        max_accuracy_drop=100,
+    )
     assert report.metric == "next_token_accuracy"
     pytorch, fp32, _ = (m["next_token_accuracy"] for m in report.models)
     assert 0 <= pytorch <= 1 and fp32 == pytorch
@@ -123,42 +148,78 @@ def test_int8_losing_too_much_accuracy_fails_and_leaves_nothing(base, tmp_path, 
 
     monkeypatch.setattr(export.accuracy, "score_onnx", int8_worse)
     out, repo = tmp_path / "bundle", tmp_path / "triton"
-    code, _, err = run_export_cli(monkeypatch, capsys, classifier_checkpoint(base), "--onnx", "-o", out,
-                                  "--quantize", "int8", "--eval-file", DEMO / "eval.csv", "--triton-repo", repo)
-    assert_one_line_error(code, err, "int8 loses 5.00 points of accuracy", "--max-accuracy-drop 1",
-                          expected_code=1)
+    code, _, err = run_export_cli(
+        monkeypatch,
+        capsys,
+        classifier_checkpoint(base),
+        "--onnx",
+        "-o",
+        out,
+        "--quantize",
+        "int8",
+        "--eval-file",
+        DEMO / "eval.csv",
+        "--triton-repo",
+        repo,
+    )
+    assert_one_line_error(
+        code, err, "int8 loses 5.00 points of accuracy", "--max-accuracy-drop 1", expected_code=1
+    )
     assert not out.exists() and not repo.exists() and leftovers(tmp_path) == []
     with pytest.raises(ValidationError):
-        export_onnx(classifier_checkpoint(base), out, quantize="int8", eval_file=DEMO / "eval.csv",
-                    max_accuracy_drop=4.9)
-    report = export_onnx(classifier_checkpoint(base), out, quantize="int8", eval_file=DEMO / "eval.csv",
-                         max_accuracy_drop=5.1)
+        export_onnx(
+            classifier_checkpoint(base),
+            out,
+            quantize="int8",
+            eval_file=DEMO / "eval.csv",
+            max_accuracy_drop=4.9,
+        )
+    report = export_onnx(
+        classifier_checkpoint(base), out, quantize="int8", eval_file=DEMO / "eval.csv", max_accuracy_drop=5.1
+    )
     assert report.manifest["accuracy"]["max_accuracy_drop_points"] == 5.1
 
 
 def test_cli_prints_the_side_by_side_table(base, tmp_path, monkeypatch, capsys):
-    code, out, err = run_export_cli(monkeypatch, capsys, classifier_checkpoint(base), "--onnx", "-o",
-                                    tmp_path / "bundle", "--optimize", "O2", "--quantize", "int8",
-                                    "--eval-file", DEMO / "eval.csv", "--keep-fp32", "--opset", "17")
+    code, out, err = run_export_cli(
+        monkeypatch,
+        capsys,
+        classifier_checkpoint(base),
+        "--onnx",
+        "-o",
+        tmp_path / "bundle",
+        "--optimize",
+        "O2",
+        "--quantize",
+        "int8",
+        "--eval-file",
+        DEMO / "eval.csv",
+        "--keep-fp32",
+        "--opset",
+        "17",
+    )
     assert code == 0, err
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["opset"] == 17
     lines = out.splitlines()
     header = next(line for line in lines if line.strip().startswith("model "))
     assert header.split() == ["model", "file", "size", "MB", "accuracy"]
-    for row, entry in zip(lines[lines.index(header) + 1:], manifest["accuracy"]["models"]):
+    for row, entry in zip(lines[lines.index(header) + 1 :], manifest["accuracy"]["models"], strict=False):
         assert row.split()[-1] == f"{entry['accuracy'] * 100:.2f}%"
         assert f"{entry['size_bytes'] / 1e6:.1f}" in row and entry["file"] in row
     assert any(line.strip().startswith("logits ") for line in lines)
     assert "... validating against PyTorch" in err
 
 
-@pytest.mark.parametrize("flags, machine, expected", [
-    ("fpu sse avx2 avx512f avx512bw avx512_vnni", "x86_64", "avx512_vnni"),
-    ("fpu sse avx2 avx512f avx512bw", "x86_64", "avx512"),
-    ("fpu sse avx avx2 fma", "x86_64", "avx2"),
-    ("fp asimd evtstrm", "aarch64", "arm64"),
-])
+@pytest.mark.parametrize(
+    "flags, machine, expected",
+    [
+        ("fpu sse avx2 avx512f avx512bw avx512_vnni", "x86_64", "avx512_vnni"),
+        ("fpu sse avx2 avx512f avx512bw", "x86_64", "avx512"),
+        ("fpu sse avx avx2 fma", "x86_64", "avx2"),
+        ("fp asimd evtstrm", "aarch64", "arm64"),
+    ],
+)
 def test_cpu_instruction_set_from_cpuinfo(tmp_path, flags, machine, expected):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\n")

@@ -7,14 +7,20 @@ import re
 from pathlib import Path
 
 import pytest
+from test_export import CLS_LABELS, classifier_checkpoint, llama_checkpoint, single_threaded  # noqa: F401
 
 from export import export_onnx
 from serve.bundle import sha256_file
-from test_export import CLS_LABELS, classifier_checkpoint, llama_checkpoint, single_threaded  # noqa: F401
 
-TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|([{}\[\]:,]))')
-ORT_TO_TRITON = {"tensor(int64)": "TYPE_INT64", "tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16",
-                 "tensor(int32)": "TYPE_INT32"}
+TOKEN = re.compile(
+    r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|([{}\[\]:,]))'
+)
+ORT_TO_TRITON = {
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(int32)": "TYPE_INT32",
+}
 
 
 def parse_pbtxt(text: str) -> dict:
@@ -23,7 +29,7 @@ def parse_pbtxt(text: str) -> dict:
     tokens, pos = [], 0
     while pos < len(text.rstrip()):
         m = TOKEN.match(text, pos)
-        assert m and m.end() > pos, f"cannot tokenize at {text[pos:pos + 20]!r}"
+        assert m and m.end() > pos, f"cannot tokenize at {text[pos : pos + 20]!r}"
         pos = m.end()
         if not m.group(1):
             tokens.append(next(g for g in m.groups()[1:] if g is not None))
@@ -73,19 +79,32 @@ def _value(tokens: list[str], i: int):
 
 
 def test_parser_reads_nested_messages_lists_and_repeats():
-    text = 'name: "m"\nmax_batch_size: 8\ninput [ { name: "a" dims: [ -1, 4 ] }, { name: "b" dims: [ ] } ]\n' \
-           'output { name: "y" }\noutput { name: "z" }\ndynamic_batching { }\n# comment\nkind: KIND_CPU\n'
-    assert parse_pbtxt(text) == {"name": "m", "max_batch_size": 8, "kind": "KIND_CPU", "dynamic_batching": {},
-                                 "input": [{"name": "a", "dims": [-1, 4]}, {"name": "b", "dims": []}],
-                                 "output": [{"name": "y"}, {"name": "z"}]}
+    text = (
+        'name: "m"\nmax_batch_size: 8\ninput [ { name: "a" dims: [ -1, 4 ] }, { name: "b" dims: [ ] } ]\n'
+        'output { name: "y" }\noutput { name: "z" }\ndynamic_batching { }\n# comment\nkind: KIND_CPU\n'
+    )
+    assert parse_pbtxt(text) == {
+        "name": "m",
+        "max_batch_size": 8,
+        "kind": "KIND_CPU",
+        "dynamic_batching": {},
+        "input": [{"name": "a", "dims": [-1, 4]}, {"name": "b", "dims": []}],
+        "output": [{"name": "y"}, {"name": "z"}],
+    }
     with pytest.raises(AssertionError):
         parse_pbtxt('name: "m" }')
 
 
 def expected_tensors(session_values) -> list[dict]:
     """What the config must say, from onnxruntime's view of the graph (batch axis dropped)."""
-    return [{"name": v.name, "data_type": ORT_TO_TRITON[v.type],
-             "dims": [d if isinstance(d, int) else -1 for d in v.shape[1:]]} for v in session_values]
+    return [
+        {
+            "name": v.name,
+            "data_type": ORT_TO_TRITON[v.type],
+            "dims": [d if isinstance(d, int) else -1 for d in v.shape[1:]],
+        }
+        for v in session_values
+    ]
 
 
 def check_entry(entry: Path, bundle: Path) -> dict:

@@ -12,8 +12,10 @@ import os
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
-                                reason="needs a CUDA GPU and compiled Triton (TRITON_INTERPRET unset)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="needs a CUDA GPU and compiled Triton (TRITON_INTERPRET unset)",
+)
 
 
 def _rel(a, b):
@@ -51,7 +53,7 @@ def test_fused_linear_cross_entropy_cuda():
         loss = fused_linear_cross_entropy(hi, wi, t, backend=backend, chunk_size=512)
         loss.backward()
         out.append((loss.detach(), hi.grad, wi.grad))
-    for a, b in zip(*out):
+    for a, b in zip(*out, strict=False):
         assert _rel(a, b) < 2e-2
 
 
@@ -74,7 +76,7 @@ def test_flash_attention_cuda_dense_and_padded(causal, d):
             o = fn(qi, ki, vi, *extra, causal=causal, backend=backend)
             o.float().square().sum().backward()
             res.append((o.detach(), qi.grad, ki.grad, vi.grad))
-        for a, b_ in zip(*res):
+        for a, b_ in zip(*res, strict=False):
             if extra:  # padded query rows are zero on both paths; compare the real ones
                 keep = mask.bool()
                 a, b_ = a[keep], b_[keep]

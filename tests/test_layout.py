@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 
+import tomllib
 from conftest import ROOT
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return set(out.stdout.split())
 
 
@@ -34,8 +39,13 @@ def test_kernels_import_only_torch_and_triton():
 
 def test_our_kernels_package_is_not_mistaken_for_the_kernel_hub():
     # transformers probes for Hugging Face's `kernels` distribution; ours is named sft-toolchain.
-    out = subprocess.run([sys.executable, "-c", "from transformers.utils import is_kernels_available as f; print(f())"],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", "from transformers.utils import is_kernels_available as f; print(f())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     assert out.stdout.strip() == "False"
 
 

@@ -8,11 +8,22 @@ from collections import Counter
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA
+
 from sft.errors import InputError
-from sft.ner import (Sentence, decode_predictions, detect_scheme, encode_sentences, entity_report,
-                     entity_spans, label_list, read_conll, read_token_data, read_token_jsonl, to_iob2)
+from sft.ner import (
+    Sentence,
+    decode_predictions,
+    detect_scheme,
+    encode_sentences,
+    entity_report,
+    entity_spans,
+    label_list,
+    read_conll,
+    read_token_data,
+    read_token_jsonl,
+    to_iob2,
+)
 
 CONLL = SHARED_DATA / "conll2003"
 
@@ -35,8 +46,22 @@ def tokenizer(tmp_path_factory):
     from transformers import BertTokenizerFast
 
     chars = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), ".", ",",
-             "eu", "call", "the", "in", "peter"]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *chars,
+        *(f"##{c}" for c in chars),
+        ".",
+        ",",
+        "eu",
+        "call",
+        "the",
+        "in",
+        "peter",
+    ]
     path = tmp_path_factory.mktemp("wordpiece") / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
     return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
@@ -51,8 +76,10 @@ def write(tmp_path, name, text):
 def test_read_conll_converts_iob1_and_records_each_sentence_start(tmp_path):
     path = write(tmp_path, "train.txt", IOB1_TEXT)
     sentences = read_conll(path)
-    assert [s.tokens for s in sentences] == [["EU", "rejects", "German", "call"],
-                                             ["Peter", "Blackburn", "Smith"]]
+    assert [s.tokens for s in sentences] == [
+        ["EU", "rejects", "German", "call"],
+        ["Peter", "Blackburn", "Smith"],
+    ]
     assert [s.tags for s in sentences] == [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER", "B-PER"]]
     assert [s.where for s in sentences] == [f"{path} line 3", f"{path} line 8"]
     assert read_conll(path, scheme="iob1")[1].tags == ["B-PER", "I-PER", "B-PER"]
@@ -77,12 +104,15 @@ def test_to_iob2_and_scheme_detection():
     assert detect_scheme([Sentence(["x"] * len(iob2), iob2, "f line 1")]) == "iob2"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a x B-PER\nb x\n", r"line 2: expected 3 columns \(token ... tag\), found 2"),
-    ("lonely\n", r"line 1: expected at least 2 columns"),
-    ("a B-PER\nb NN\n", r"line 2: tag 'NN' is not O, B-TYPE or I-TYPE"),
-    ("\n\n-DOCSTART- O\n\n", r"no sentences"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a x B-PER\nb x\n", r"line 2: expected 3 columns \(token ... tag\), found 2"),
+        ("lonely\n", r"line 1: expected at least 2 columns"),
+        ("a B-PER\nb NN\n", r"line 2: tag 'NN' is not O, B-TYPE or I-TYPE"),
+        ("\n\n-DOCSTART- O\n\n", r"no sentences"),
+    ],
+)
 def test_conll_errors_name_file_and_line(tmp_path, text, message):
     path = write(tmp_path, "bad.txt", text)
     with pytest.raises(InputError, match=message) as e:
@@ -98,8 +128,10 @@ def test_plain_tags_are_read_as_they_are(tmp_path):
 
 
 def test_read_token_jsonl_strings_ids_and_errors(tmp_path):
-    rows = [{"tokens": ["Ann", "lives", "in", "Oslo"], "tags": ["I-PER", "O", "O", "B-LOC"]},
-            {"tokens": ["Bo"], "tags": ["B-PER"]}]
+    rows = [
+        {"tokens": ["Ann", "lives", "in", "Oslo"], "tags": ["I-PER", "O", "O", "B-LOC"]},
+        {"tokens": ["Bo"], "tags": ["B-PER"]},
+    ]
     path = write(tmp_path, "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     sentences = read_token_data(path)
     assert [s.tags for s in sentences] == [["B-PER", "O", "O", "B-LOC"], ["B-PER"]]
@@ -126,19 +158,23 @@ def test_read_token_jsonl_strings_ids_and_errors(tmp_path):
 
 
 def test_label_list_puts_o_first_then_type_with_b_before_i():
-    sentences = [Sentence(["x"] * 3, ["I-PER", "B-LOC", "O"], "f line 1"),
-                 Sentence(["x"] * 3, ["B-PER", "I-LOC", "B-MISC"], "f line 5")]
+    sentences = [
+        Sentence(["x"] * 3, ["I-PER", "B-LOC", "O"], "f line 1"),
+        Sentence(["x"] * 3, ["B-PER", "I-LOC", "B-MISC"], "f line 5"),
+    ]
     assert label_list(sentences) == ["O", "B-LOC", "I-LOC", "B-MISC", "B-PER", "I-PER"]
 
 
 def test_first_sub_token_carries_the_tag_and_the_rest_are_ignored(tokenizer):
-    sentences = [Sentence(["EU", "rejects", "German", "call"], ["B-ORG", "O", "B-MISC", "O"], "f line 3"),
-                 Sentence(["Peter", "Blackburn"], ["B-PER", "I-PER"], "f line 8")]
+    sentences = [
+        Sentence(["EU", "rejects", "German", "call"], ["B-ORG", "O", "B-MISC", "O"], "f line 3"),
+        Sentence(["Peter", "Blackburn"], ["B-PER", "I-PER"], "f line 8"),
+    ]
     label2id = {t: i for i, t in enumerate(["O", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"])}
     features = encode_sentences(tokenizer, sentences, label2id, max_length=64)
-    for s, f in zip(sentences, features):
+    for s, f in zip(sentences, features, strict=False):
         expected = [-100]  # [CLS]
-        for word, tag in zip(s.tokens, s.tags):
+        for word, tag in zip(s.tokens, s.tags, strict=False):
             pieces = tokenizer.tokenize(word)
             expected += [label2id[tag]] + [-100] * (len(pieces) - 1)
         expected.append(-100)  # [SEP]
@@ -146,8 +182,9 @@ def test_first_sub_token_carries_the_tag_and_the_rest_are_ignored(tokenizer):
         assert len(f["input_ids"]) == len(f["attention_mask"]) == len(f["token_type_ids"]) == len(expected)
     assert any(len(tokenizer.tokenize(w)) > 1 for w in sentences[0].tokens)  # the test exercises sub-words
     id2label = {i: t for t, i in label2id.items()}
-    assert decode_predictions([f["labels"] for f in features], [f["labels"] for f in features],
-                              id2label) == [s.tags for s in sentences]
+    assert decode_predictions([f["labels"] for f in features], [f["labels"] for f in features], id2label) == [
+        s.tags for s in sentences
+    ]
 
 
 def test_truncation_keeps_the_leading_words_only(tokenizer, capsys):
@@ -156,7 +193,7 @@ def test_truncation_keeps_the_leading_words_only(tokenizer, capsys):
     (feature,) = encode_sentences(tokenizer, [sentence], label2id, max_length=6)
     assert len(feature["input_ids"]) == 6
     kept = [y for y in feature["labels"] if y != -100]
-    assert kept == [0, 1][:len(kept)] and len(kept) < 3
+    assert kept == [0, 1][: len(kept)] and len(kept) < 3
     assert "1 of 1 sentences lost words" in capsys.readouterr().err
 
 
@@ -173,15 +210,18 @@ def test_decode_predictions_reads_only_first_sub_token_positions():
     assert decode_predictions(preds, labels, id2label) == [["I-PER", "B-PER", "B-PER"], ["O"]]
 
 
-@pytest.mark.parametrize("tags, spans", [
-    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
-    (["O", "I-PER", "I-PER", "O"], [("PER", 1, 3)]),  # lenient start on I-
-    (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 3)]),  # type change opens a new entity
-    (["B-PER", "B-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 3)]),
-    (["O", "O", "B-ORG"], [("ORG", 2, 3)]),  # entity at the sentence end
-    (["I-ORG", "NN", "I-ORG"], [("ORG", 0, 1), ("ORG", 2, 3)]),  # a non-IOB tag counts as outside
-    (["O", "O"], []),
-])
+@pytest.mark.parametrize(
+    "tags, spans",
+    [
+        (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
+        (["O", "I-PER", "I-PER", "O"], [("PER", 1, 3)]),  # lenient start on I-
+        (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 3)]),  # type change opens a new entity
+        (["B-PER", "B-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 3)]),
+        (["O", "O", "B-ORG"], [("ORG", 2, 3)]),  # entity at the sentence end
+        (["I-ORG", "NN", "I-ORG"], [("ORG", 0, 1), ("ORG", 2, 3)]),  # a non-IOB tag counts as outside
+        (["O", "O"], []),
+    ],
+)
 def test_entity_spans(tags, spans):
     assert entity_spans(tags) == spans
 
@@ -225,8 +265,12 @@ def test_entity_report_matches_seqeval_on_random_tags():
     assert ours["accuracy"] == pytest.approx(seqeval.accuracy_score(true, pred))
     theirs = seqeval.classification_report(true, pred, output_dict=True)
     for kind, row in ours["per_type"].items():
-        for key, theirs_key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"),
-                                ("support", "support")):
+        for key, theirs_key in (
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("f1", "f1-score"),
+            ("support", "support"),
+        ):
             assert row[key] == pytest.approx(theirs[kind][theirs_key]), (kind, key)
     assert 0 < ours["f1"] < 1
 
@@ -244,8 +288,11 @@ def test_conll2003_iob1_conversion_equals_the_published_iob2_file(split):
     if not (raw.exists() and converted.exists()):
         pytest.skip(f"CoNLL-2003 not found under {CONLL}")
     sentences = read_conll(raw)
-    expected = [line.split()[-1] for line in converted.read_text(encoding="utf-8").splitlines()
-                if line.strip() and not line.startswith("-DOCSTART-")]
+    expected = [
+        line.split()[-1]
+        for line in converted.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("-DOCSTART-")
+    ]
     assert [t for s in sentences for t in s.tags] == expected
     with pytest.raises(InputError, match="starts an entity"):
         read_conll(raw, scheme="iob2")

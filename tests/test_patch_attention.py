@@ -161,7 +161,7 @@ def test_llama_packed_position_ids_match_separate_sequences(backend):
         packed = model(input_ids=ids, position_ids=pos).logits
         starts = [0, 7, 8, 20]
         separate = torch.cat(
-            [ref(input_ids=ids[:, s:e]).logits for s, e in zip(starts[:-1], starts[1:])], dim=1
+            [ref(input_ids=ids[:, s:e]).logits for s, e in zip(starts[:-1], starts[1:], strict=False)], dim=1
         )
         unpacked = model(input_ids=ids).logits  # plain arange positions: one long sequence
     assert (packed - separate).abs().max().item() <= ATOL * max(1.0, separate.abs().max().item())

@@ -28,8 +28,9 @@ def _torch_logits(checkpoint, texts, max_length):
     tok = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     with torch.no_grad():
-        return model(**tok(texts, padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt")).logits.numpy()
+        return model(
+            **tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        ).logits.numpy()
 
 
 def test_runtime_matches_pytorch(cls_bundle, cls_checkpoint):
@@ -42,18 +43,19 @@ def test_runtime_matches_pytorch(cls_bundle, cls_checkpoint):
     assert all([s["score"] for s in p] == sorted((s["score"] for s in p), reverse=True) for p in probs)
     raw = clf.predict(texts[:3], raw_scores=True)
     logits = clf.logits(texts[:3])
-    for row, out in zip(logits, raw):
-        assert {s["label"]: s["score"] for s in out} == pytest.approx(dict(zip(CLS_LABELS, row.tolist())),
-                                                                      abs=1e-6)
+    for row, out in zip(logits, raw, strict=False):
+        assert {s["label"]: s["score"] for s in out} == pytest.approx(
+            dict(zip(CLS_LABELS, row.tolist(), strict=False)), abs=1e-6
+        )
     assert [len(p) for p in clf.predict(texts[:2], top_k=1)] == [1, 1]
 
 
 def test_exported_bundle_is_served(tiny_bundle, tiny_checkpoint):
     """A bundle written by sft-export (export/onnx.py) runs here exactly like PyTorch."""
     texts = demo_texts()
-    np.testing.assert_allclose(load_model(tiny_bundle).logits(texts),
-                               _torch_logits(tiny_checkpoint, texts, 48),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        load_model(tiny_bundle).logits(texts), _torch_logits(tiny_checkpoint, texts, 48), atol=1e-4
+    )
 
 
 def test_multi_label_bundle_uses_sigmoid(cls_bundle, tmp_path):
@@ -65,9 +67,10 @@ def test_multi_label_bundle_uses_sigmoid(cls_bundle, tmp_path):
     clf = load_model(bundle)
     texts = demo_texts()[:4]
     logits = clf.logits(texts)
-    for row, out in zip(logits, clf.predict(texts)):
+    for row, out in zip(logits, clf.predict(texts), strict=False):
         assert {s["label"]: s["score"] for s in out} == pytest.approx(
-            dict(zip(CLS_LABELS, (1 / (1 + np.exp(-row))).tolist())), abs=1e-6)
+            dict(zip(CLS_LABELS, (1 / (1 + np.exp(-row))).tolist(), strict=False)), abs=1e-6
+        )
     softmax = clf.predict(texts, function_to_apply="softmax")
     assert all(abs(sum(s["score"] for s in p) - 1) < 1e-5 for p in softmax)
 
@@ -101,16 +104,23 @@ def test_too_long_input_without_truncation(cls_bundle):
     assert len(clf.encode([long_text])[0].ids) == 32
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"task": "translation"}, "field 'task': 'translation' is not supported"),
-    ({"labels": []}, "field 'labels' must be a non-empty list"),
-    ({"max_length": "64"}, "field 'max_length' must be a positive integer"),
-    ({"format": 9}, "bundle format 9 is not supported"),
-    ({"task": "text-generation-with-past"}, "field 'generation' (an object) is required"),
-    ({"task": "text-generation-with-past", "generation": {"eos_token_id": 2, "num_layers": 2,
-                                                          "num_key_value_heads": "2", "head_dim": 8}},
-     "field 'generation.num_key_value_heads' must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"task": "translation"}, "field 'task': 'translation' is not supported"),
+        ({"labels": []}, "field 'labels' must be a non-empty list"),
+        ({"max_length": "64"}, "field 'max_length' must be a positive integer"),
+        ({"format": 9}, "bundle format 9 is not supported"),
+        ({"task": "text-generation-with-past"}, "field 'generation' (an object) is required"),
+        (
+            {
+                "task": "text-generation-with-past",
+                "generation": {"eos_token_id": 2, "num_layers": 2, "num_key_value_heads": "2", "head_dim": 8},
+            },
+            "field 'generation.num_key_value_heads' must be a non-negative integer",
+        ),
+    ],
+)
 def test_bad_manifests(cls_bundle, tmp_path, change, message):
     bundle = tmp_path / "b"
     shutil.copytree(cls_bundle, bundle)
@@ -130,15 +140,18 @@ def test_bad_bundles(cls_bundle, tmp_path):
     with pytest.raises(ServeError, match="sha256 does not match"):
         load_bundle(broken)
     assert_clean_error(run_cli("sft-serve", str(broken), "--port", "0"), "tokenizer.json", "sha256")
-    assert_clean_error(run_cli("sft-serve", str(cls_bundle), "--port", "-1"),
-                       "--port must be between 0 and 65535")
-    assert_clean_error(run_cli("sft-serve", str(cls_bundle), "--max-batch-tokens", "0"),
-                       "--max-batch-tokens must be > 0")
+    assert_clean_error(
+        run_cli("sft-serve", str(cls_bundle), "--port", "-1"), "--port must be between 0 and 65535"
+    )
+    assert_clean_error(
+        run_cli("sft-serve", str(cls_bundle), "--max-batch-tokens", "0"), "--max-batch-tokens must be > 0"
+    )
     (broken / "model.onnx").write_bytes(b"not a model")
     manifest = json.loads((broken / "manifest.json").read_text())
     (broken / "manifest.json").write_text(json.dumps({**manifest, "sha256": {}}))
-    assert_clean_error(run_cli("sft-serve", str(broken), "--port", "0"), "model.onnx",
-                       "onnxruntime cannot load it")
+    assert_clean_error(
+        run_cli("sft-serve", str(broken), "--port", "0"), "model.onnx", "onnxruntime cannot load it"
+    )
 
 
 def test_split_by_length_partitions_and_respects_the_budget():
@@ -159,8 +172,9 @@ def _run_batcher(run, submissions, **kwargs):
     async def main():
         b = Batcher(run, **kwargs)
         b.start()
-        results = await asyncio.gather(*(b.submit(items, [None] * len(items), tokens) for items,
-                                         tokens in submissions))
+        results = await asyncio.gather(
+            *(b.submit(items, [None] * len(items), tokens) for items, tokens in submissions)
+        )
         await b.stop()
         return results
 
@@ -176,14 +190,20 @@ def test_batcher_groups_concurrent_requests_within_limits():
         return [x * 10 for x in items]
 
     submissions = [([i], [5]) for i in range(20)] + [([100, 101, 102], [5, 5, 5])]
-    results = _run_batcher(run, submissions, max_batch_requests=8, max_batch_tokens=1000,
-                           max_queue_delay_ms=30)
+    results = _run_batcher(
+        run, submissions, max_batch_requests=8, max_batch_tokens=1000, max_queue_delay_ms=30
+    )
     assert results == [[i * 10] for i in range(20)] + [[1000, 1010, 1020]]
     assert sum(map(len, calls)) == 23 and max(map(len, calls)) <= 8 and len(calls) < 23, calls
 
     calls.clear()  # the token budget: 10 inputs of 40 tokens, at most 100 tokens a batch
-    _run_batcher(run, [([i], [40]) for i in range(10)], max_batch_requests=64, max_batch_tokens=100,
-                 max_queue_delay_ms=30)
+    _run_batcher(
+        run,
+        [([i], [40]) for i in range(10)],
+        max_batch_requests=64,
+        max_batch_tokens=100,
+        max_queue_delay_ms=30,
+    )
     assert max(map(len, calls)) == 2 and sum(map(len, calls)) == 10, calls
 
 
@@ -235,8 +255,9 @@ def test_predict_file_formats_and_pairs(cls_bundle, tmp_path):
         out = tmp_path / f"{name}.out.jsonl"
         predict_file(clf, tmp_path / name, out, progress=False)
         assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == expected, name
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"text": t,
-                                                              "pair": "refund"}) + "\n" for t in texts))
+    (tmp_path / "pairs.jsonl").write_text(
+        "".join(json.dumps({"text": t, "pair": "refund"}) + "\n" for t in texts)
+    )
     predict_file(clf, tmp_path / "pairs.jsonl", tmp_path / "pairs.out", pair_column="pair", progress=False)
     paired = [p[0]["label"] for p in clf.predict([(t, "refund") for t in texts])]
     assert [json.loads(line)["label"] for line in (tmp_path / "pairs.out").read_text().splitlines()] == paired
@@ -275,12 +296,15 @@ def test_predict_resume_keeps_whole_lines_when_the_input_breaks(cls_bundle, tmp_
     assert [r["index"] for r in rows] == list(range(8)) and out.read_text().endswith("\n")
 
 
-@pytest.mark.parametrize("name,content,fragments", [
-    ("in.jsonl", '{"text": "ok"}\n{"text": \n', ["in.jsonl line 2", "malformed JSON"]),
-    ("in.txt", "fine\n\nalso fine\n", ["in.txt line 2", "empty text"]),
-    ("in.csv", "body\nhello\n", ["no column 'text'"]),
-    ("in.jsonl", '{"text": "ok"}\n{"body": "x"}\n', ["in.jsonl line 2", "missing text in field 'text'"]),
-])
+@pytest.mark.parametrize(
+    "name,content,fragments",
+    [
+        ("in.jsonl", '{"text": "ok"}\n{"text": \n', ["in.jsonl line 2", "malformed JSON"]),
+        ("in.txt", "fine\n\nalso fine\n", ["in.txt line 2", "empty text"]),
+        ("in.csv", "body\nhello\n", ["no column 'text'"]),
+        ("in.jsonl", '{"text": "ok"}\n{"body": "x"}\n', ["in.jsonl line 2", "missing text in field 'text'"]),
+    ],
+)
 def test_predict_bad_input(cls_bundle, tmp_path, name, content, fragments):
     src = tmp_path / name
     src.write_text(content)
@@ -308,6 +332,7 @@ def test_predict_cli_and_environment(cls_bundle, tmp_path, monkeypatch):
     assert proc.stderr.strip() == ""  # no progress bar when not on a terminal
     n = len(demo_texts())
     assert f"wrote {n} predictions" in proc.stdout and len(out.read_text().splitlines()) == n
-    assert_clean_error(run_cli("sft-predict", str(cls_bundle), "-i", str(src), "-o", str(out),
-                               "--batch-size", "0"),
-                       "--batch-size must be > 0")
+    assert_clean_error(
+        run_cli("sft-predict", str(cls_bundle), "-i", str(src), "-o", str(out), "--batch-size", "0"),
+        "--batch-size must be > 0",
+    )

@@ -16,8 +16,9 @@ pytest_plugins = ["serve_fixtures"]  # cls_bundle, ner_bundle, gen_bundle and th
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 # Invalid requests may also be refused with 413, as TEI does for a batch over --max-client-batch-size.
-CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
-    "expected-statuses": ["400", "401", "404", "405", "413", "422"]}}})
+CONFIG = schemathesis.Config.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "405", "413", "422"]}}}
+)
 
 
 def _schema_of_daemon(bundle):

@@ -28,12 +28,13 @@ def test_entities_match_the_transformers_pipeline(ner_bundle, ner_checkpoint, st
     reference = pipeline("token-classification", model=str(ner_checkpoint), aggregation_strategy=strategy)
     key = "entity" if strategy == "none" else "entity_group"
     found = 0
-    for text, ours in zip(NER_TEXTS, tagger.predict(NER_TEXTS, aggregation_strategy=strategy)):
+    for text, ours in zip(NER_TEXTS, tagger.predict(NER_TEXTS, aggregation_strategy=strategy), strict=False):
         theirs = reference(text)
-        assert [(e[key], e["start"], e["end"]) for e in ours] == [(e[key], e["start"],
-                                                                   e["end"]) for e in theirs]
+        assert [(e[key], e["start"], e["end"]) for e in ours] == [
+            (e[key], e["start"], e["end"]) for e in theirs
+        ]
         assert [e["score"] for e in ours] == pytest.approx([float(e["score"]) for e in theirs], abs=1e-4)
-        assert all(e["word"] == text[e["start"]:e["end"]] for e in ours)
+        assert all(e["word"] == text[e["start"] : e["end"]] for e in ours)
         found += len(ours)
     assert found > len(NER_TEXTS)  # the comparison covered real spans, not empty lists
 
@@ -44,9 +45,13 @@ def _hf_greedy(checkpoint, ids: list[int], new_tokens: int) -> list[int]:
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             do_sample=False, max_new_tokens=new_tokens)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def test_greedy_generation_matches_transformers(gen_bundle, gen_checkpoint):
@@ -54,7 +59,7 @@ def test_greedy_generation_matches_transformers(gen_bundle, gen_checkpoint):
     assert isinstance(generator, TextGenerator)
     params = GenerationParams(max_new_tokens=12)
     batched = generator.generate(PROMPTS, params)  # left-padded together
-    for prompt, together in zip(PROMPTS, batched):
+    for prompt, together in zip(PROMPTS, batched, strict=False):
         ids = generator.encode([prompt])[0].ids
         expected = _hf_greedy(gen_checkpoint, ids, 12)
         alone = generator.generate([prompt], params)[0]
@@ -76,13 +81,18 @@ def test_sampling_is_seeded_and_bounded(gen_bundle):
     sample = GenerationParams(max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
     first, again = generator.generate(PROMPTS, sample), generator.generate(PROMPTS, sample)
     assert [r["token_ids"] for r in first] == [r["token_ids"] for r in again]
-    others = [generator.generate(PROMPTS, GenerationParams(max_new_tokens=8, do_sample=True, temperature=1.5,
-                                                           seed=s)) for s in range(3)]
+    others = [
+        generator.generate(
+            PROMPTS, GenerationParams(max_new_tokens=8, do_sample=True, temperature=1.5, seed=s)
+        )
+        for s in range(3)
+    ]
     assert len({tuple(r[0]["token_ids"]) for r in others + [first]}) > 1
-    assert all(r["token_ids"] != g["token_ids"] for r, g in zip(first, greedy))
+    assert all(r["token_ids"] != g["token_ids"] for r, g in zip(first, greedy, strict=False))
     # top_p that keeps only the most likely token, or top_k=1, is greedy whatever the temperature
-    narrow = generator.generate(PROMPTS,
-                                GenerationParams(max_new_tokens=8, top_p=1e-6, temperature=3.0, seed=1))
+    narrow = generator.generate(
+        PROMPTS, GenerationParams(max_new_tokens=8, top_p=1e-6, temperature=3.0, seed=1)
+    )
     top1 = generator.generate(PROMPTS, GenerationParams(max_new_tokens=8, top_k=1, temperature=3.0, seed=1))
     ids = [[r["token_ids"] for r in out] for out in (narrow, greedy, top1)]
     assert ids[0] == ids[1] == ids[2]
@@ -97,7 +107,7 @@ def test_generation_stops_at_eos_stop_strings_and_the_cap(gen_bundle, tmp_path):
     word = free["generated_text"].split()[2]
     stopped = generator.generate(PROMPTS[:1], GenerationParams(max_new_tokens=10, stop=[word]))[0]
     assert stopped["details"]["finish_reason"] == "stop_sequence" and word in stopped["generated_text"]
-    assert stopped["token_ids"] == free["token_ids"][:len(stopped["token_ids"])]
+    assert stopped["token_ids"] == free["token_ids"][: len(stopped["token_ids"])]
 
     # make the first greedy token the EOS token: generation ends right there
     manifest = json.loads((gen_bundle / "manifest.json").read_text())
@@ -124,8 +134,16 @@ def test_predict_file_for_other_tasks(ner_bundle, gen_bundle, tmp_path):
     expected = load_model(ner_bundle).predict(NER_TEXTS)
     assert [r["entities"] for r in rows] == json.loads(json.dumps(expected))
 
-    proc = run_cli("sft-predict", str(gen_bundle), "-i", str(src), "-o", str(tmp_path / "gen.jsonl"),
-                   "--max-new-tokens", "4")
+    proc = run_cli(
+        "sft-predict",
+        str(gen_bundle),
+        "-i",
+        str(src),
+        "-o",
+        str(tmp_path / "gen.jsonl"),
+        "--max-new-tokens",
+        "4",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
     generated = load_model(gen_bundle).generate(NER_TEXTS, GenerationParams(max_new_tokens=4))

@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import DEMO, assert_clean_error, run_cli
+
 from sft import InputError, load_config, train
 
 
@@ -30,9 +30,20 @@ def test_checkpoint_is_hf_compatible_and_reports_metrics(tiny_checkpoint):
 
 def test_training_learns_and_is_reproducible(tiny_bert, tmp_path):
     def run(out):
-        cfg = load_config(overrides={"train": str(DEMO / "train.csv"), "eval": str(DEMO / "eval.csv"),
-                                     "model": str(tiny_bert), "output": str(out), "epochs": 5,
-                                     "batch_size": 16, "lr": 5e-3, "max_length": 48, "progress": False, "seed": 7})
+        cfg = load_config(
+            overrides={
+                "train": str(DEMO / "train.csv"),
+                "eval": str(DEMO / "eval.csv"),
+                "model": str(tiny_bert),
+                "output": str(out),
+                "epochs": 5,
+                "batch_size": 16,
+                "lr": 5e-3,
+                "max_length": 48,
+                "progress": False,
+                "seed": 7,
+            }
+        )
         return train(cfg)
 
     a, b = run(tmp_path / "a"), run(tmp_path / "b")
@@ -45,9 +56,18 @@ def test_integer_labels_and_text_pairs(tiny_bert, tmp_path):
     rows = [{"q": f"question {i}", "a": "yes" if i % 2 else "no", "y": i % 2} for i in range(24)]
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = load_config(overrides={"train": str(data), "model": str(tiny_bert), "output": str(tmp_path / "o"),
-                                 "text_column": "q", "text_pair_column": "a", "label_column": "y",
-                                 "max_steps": 2, "progress": False})
+    cfg = load_config(
+        overrides={
+            "train": str(data),
+            "model": str(tiny_bert),
+            "output": str(tmp_path / "o"),
+            "text_column": "q",
+            "text_pair_column": "a",
+            "label_column": "y",
+            "max_steps": 2,
+            "progress": False,
+        }
+    )
     train(cfg)
     config = json.loads((tmp_path / "o" / "config.json").read_text())
     assert config["id2label"] == {"0": "0", "1": "1"}
@@ -56,8 +76,15 @@ def test_integer_labels_and_text_pairs(tiny_bert, tmp_path):
 def test_unknown_eval_label_fails_before_training(tiny_bert, tmp_path):
     bad_eval = tmp_path / "eval.csv"
     bad_eval.write_text("text,label\nhello there,billing\nsomething else,refunds\n")
-    cfg = load_config(overrides={"train": str(DEMO / "train.csv"), "eval": str(bad_eval), "model": str(tiny_bert),
-                                 "output": str(tmp_path / "o"), "progress": False})
+    cfg = load_config(
+        overrides={
+            "train": str(DEMO / "train.csv"),
+            "eval": str(bad_eval),
+            "model": str(tiny_bert),
+            "output": str(tmp_path / "o"),
+            "progress": False,
+        }
+    )
     with pytest.raises(InputError, match=r"eval.csv line 3: label 'refunds'"):
         train(cfg)
     assert not (tmp_path / "o").exists()
@@ -70,11 +97,17 @@ def test_yaml_config_with_unknown_key(tmp_path):
         load_config(cfg_file)
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--train", "missing.csv"], ["missing.csv", "file not found"]),
-    (["--train", str(DEMO / "train.csv"), "--text-column", "body"], ["no column 'body'", "--text-column"]),
-    (["--train", str(DEMO / "train.csv"), "--batch-size", "0"], ["--batch-size must be > 0"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--train", "missing.csv"], ["missing.csv", "file not found"]),
+        (
+            ["--train", str(DEMO / "train.csv"), "--text-column", "body"],
+            ["no column 'body'", "--text-column"],
+        ),
+        (["--train", str(DEMO / "train.csv"), "--batch-size", "0"], ["--batch-size must be > 0"]),
+    ],
+)
 def test_cli_bad_input_exits_2_without_traceback(tmp_path, args, fragments):
     out = tmp_path / "never"
     proc = run_cli("sft-train", *args, "--output", str(out), "--no-progress")
@@ -109,15 +142,28 @@ def test_evaluation_runs_with_dropout_off(tiny_bert, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "o"
-    r = train(load_config(overrides={"train": str(DEMO / "train.csv"), "eval": str(DEMO / "eval.csv"),
-                                     "model": str(tiny_bert), "output": str(out), "max_steps": 6, "dropout": 0.5,
-                                     "max_length": 48, "progress": False, "seed": 3}))
+    r = train(
+        load_config(
+            overrides={
+                "train": str(DEMO / "train.csv"),
+                "eval": str(DEMO / "eval.csv"),
+                "model": str(tiny_bert),
+                "output": str(out),
+                "max_steps": 6,
+                "dropout": 0.5,
+                "max_length": 48,
+                "progress": False,
+                "seed": 3,
+            }
+        )
+    )
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     rows = list(csv.DictReader((DEMO / "eval.csv").open(encoding="utf-8")))
     with torch.no_grad():
-        enc = tokenizer([row["text"] for row in rows], truncation=True, max_length=48, padding=True,
-                        return_tensors="pt")
+        enc = tokenizer(
+            [row["text"] for row in rows], truncation=True, max_length=48, padding=True, return_tensors="pt"
+        )
         logits = model(**enc).logits
     y = torch.tensor([model.config.label2id[row["label"]] for row in rows])
     loss = torch.nn.functional.cross_entropy(logits, y).item()
@@ -128,8 +174,16 @@ def test_evaluation_runs_with_dropout_off(tiny_bert, tmp_path):
 def test_max_samples_keep_the_leading_examples():
     from sft.tasks import make_task
 
-    task = make_task(load_config(overrides={"train": str(DEMO / "train.csv"), "eval": str(DEMO / "eval.csv"),
-                                            "max_train_samples": 7, "max_eval_samples": 5}))
+    task = make_task(
+        load_config(
+            overrides={
+                "train": str(DEMO / "train.csv"),
+                "eval": str(DEMO / "eval.csv"),
+                "max_train_samples": 7,
+                "max_eval_samples": 5,
+            }
+        )
+    )
     task.load()
     assert (len(task.train_ex), len(task.train_y), len(task.eval_ex), len(task.eval_y)) == (7, 7, 5, 5)
     assert task.train_ex.where[-1].endswith("train.csv line 8")

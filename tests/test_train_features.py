@@ -11,15 +11,24 @@ import time
 
 import pytest
 import torch
-
 from conftest import BIN, DEMO, assert_clean_error, run_cli
+
 from sft import load_config, train
 
 
 def _cfg(tiny_bert, out, **kw):
-    base = {"train": str(DEMO / "train.csv"), "eval": str(DEMO / "eval.csv"), "model": str(tiny_bert),
-            "output": str(out), "batch_size": 16, "lr": 5e-3, "max_length": 48, "progress": False,
-            "tensorboard": False, "plots": False}
+    base = {
+        "train": str(DEMO / "train.csv"),
+        "eval": str(DEMO / "eval.csv"),
+        "model": str(tiny_bert),
+        "output": str(out),
+        "batch_size": 16,
+        "lr": 5e-3,
+        "max_length": 48,
+        "progress": False,
+        "tensorboard": False,
+        "plots": False,
+    }
     return load_config(overrides={**base, **kw})
 
 
@@ -34,16 +43,34 @@ def test_multi_label_and_regression(tiny_bert, tmp_path):
     rows += [{"text": f"app crashes {i}", "tags": "technical"} for i in range(8)]
     data = tmp_path / "ml.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    r = train(_cfg(tiny_bert, tmp_path / "ml", train=str(data), eval=str(data), label_column="tags",
-                   problem_type="multi-label", max_steps=4))
+    r = train(
+        _cfg(
+            tiny_bert,
+            tmp_path / "ml",
+            train=str(data),
+            eval=str(data),
+            label_column="tags",
+            problem_type="multi-label",
+            max_steps=4,
+        )
+    )
     assert {"subset_accuracy", "f1_micro", "f1_macro"} <= set(r.metrics)
     config = json.loads((tmp_path / "ml" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification" and len(config["id2label"]) == 3
 
     reg = tmp_path / "reg.jsonl"
     reg.write_text("\n".join(json.dumps({"text": f"score {i}", "y": i / 10}) for i in range(16)))
-    r = train(_cfg(tiny_bert, tmp_path / "reg", train=str(reg), eval=str(reg), label_column="y",
-                   problem_type="regression", max_steps=3))
+    r = train(
+        _cfg(
+            tiny_bert,
+            tmp_path / "reg",
+            train=str(reg),
+            eval=str(reg),
+            label_column="y",
+            problem_type="regression",
+            max_steps=3,
+        )
+    )
     config = json.loads((tmp_path / "reg" / "config.json").read_text())
     assert r.metrics["rmse"] >= 0 and config["problem_type"] == "regression" and len(config["id2label"]) == 1
 
@@ -51,15 +78,26 @@ def test_multi_label_and_regression(tiny_bert, tmp_path):
 def test_gradient_accumulation_matches_a_larger_batch(tiny_bert, tmp_path):
     # Dropout off and equal-size micro-batches: 2 x 8 accumulated == one batch of 16, up to float rounding.
     a = train(_cfg(tiny_bert, tmp_path / "a", batch_size=16, max_steps=3, dropout=0.0, eval=None))
-    b = train(_cfg(tiny_bert, tmp_path / "b", batch_size=8, grad_accum=2, max_steps=3, dropout=0.0, eval=None))
+    b = train(
+        _cfg(tiny_bert, tmp_path / "b", batch_size=8, grad_accum=2, max_steps=3, dropout=0.0, eval=None)
+    )
     wa, wb = _weights(a.output_dir), _weights(b.output_dir)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
     assert a.final_train_loss == pytest.approx(b.final_train_loss, rel=1e-4)
 
 
 def test_lora_is_merged_on_save_and_best_checkpoint_kept(tiny_bert, tmp_path):
-    r = train(_cfg(tiny_bert, tmp_path / "lora", lora_r=4, lora_targets=["query", "value"], max_steps=6,
-                   eval_every=2, best_metric="accuracy"))
+    r = train(
+        _cfg(
+            tiny_bert,
+            tmp_path / "lora",
+            lora_r=4,
+            lora_targets=["query", "value"],
+            max_steps=6,
+            eval_every=2,
+            best_metric="accuracy",
+        )
+    )
     names = set(_weights(r.output_dir))
     assert not any("lora" in n for n in names) and "classifier.weight" in names
     log = [json.loads(x) for x in (r.output_dir / "train_log.jsonl").read_text().splitlines()]
@@ -69,32 +107,74 @@ def test_lora_is_merged_on_save_and_best_checkpoint_kept(tiny_bert, tmp_path):
 
 
 def test_early_stopping(tiny_bert, tmp_path):
-    # At lr 1e-12 no prediction flips, so accuracy never improves: stop `patience` evaluations after the first.
-    r = train(_cfg(tiny_bert, tmp_path / "es", lr=1e-12, eval_every=1, best_metric="accuracy", patience=2, max_steps=50))
+    # At lr 1e-12 no prediction flips, so accuracy never improves: stop `patience` evaluations after
+    # the first.
+    r = train(
+        _cfg(
+            tiny_bert,
+            tmp_path / "es",
+            lr=1e-12,
+            eval_every=1,
+            best_metric="accuracy",
+            patience=2,
+            max_steps=50,
+        )
+    )
     assert r.steps == 3
 
 
 def test_unsupervised_joint_loss_and_gradual_unfreezing(tiny_bert, tmp_path):
-    r = train(_cfg(tiny_bert, tmp_path / "u", unsup_weight=0.5, unfreeze_every=2, max_steps=4, layer_lr_decay=0.8))
+    r = train(
+        _cfg(tiny_bert, tmp_path / "u", unsup_weight=0.5, unfreeze_every=2, max_steps=4, layer_lr_decay=0.8)
+    )
     log = [json.loads(x) for x in (r.output_dir / "train_log.jsonl").read_text().splitlines()]
     assert [x["groups_trainable"] for x in log if x["event"] == "unfreeze"] == [2, 3]
     assert "cls.predictions.bias" not in _weights(r.output_dir)  # the MLM head is not saved
 
 
 def test_bad_strategy_options_exit_2(tiny_bert, tmp_path):
-    base = ["--train", str(DEMO / "train.csv"), "--model", str(tiny_bert), "--output", str(tmp_path / "x"),
-            "--no-progress"]
+    base = [
+        "--train",
+        str(DEMO / "train.csv"),
+        "--model",
+        str(tiny_bert),
+        "--output",
+        str(tmp_path / "x"),
+        "--no-progress",
+    ]
     assert_clean_error(run_cli("sft-train", *base, "--freeze", ".*"), "every parameter would be frozen")
-    assert_clean_error(run_cli("sft-train", *base, "--lora-r", "4", "--lora-targets", "LayerNorm"), "LayerNorm")
+    assert_clean_error(
+        run_cli("sft-train", *base, "--lora-r", "4", "--lora-targets", "LayerNorm"), "LayerNorm"
+    )
     assert_clean_error(run_cli("sft-train", *base, "--patience", "2"), "--patience needs --best-metric")
     assert_clean_error(run_cli("sft-train", *base, "--fsdp", "--lora-r", "4"), "--fsdp with --lora-r")
     assert not (tmp_path / "x").exists()
 
 
 def _train_cmd(tiny_bert, out, *extra):
-    return [str(BIN / "sft-train"), "--train", str(DEMO / "train.csv"), "--model", str(tiny_bert),
-            "--output", str(out), "--max-steps", "24", "--save-every", "4", "--batch-size", "8", "--lr", "3e-3",
-            "--max-length", "32", "--no-progress", "--no-tensorboard", "--no-plots", *extra]
+    return [
+        str(BIN / "sft-train"),
+        "--train",
+        str(DEMO / "train.csv"),
+        "--model",
+        str(tiny_bert),
+        "--output",
+        str(out),
+        "--max-steps",
+        "24",
+        "--save-every",
+        "4",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--max-length",
+        "32",
+        "--no-progress",
+        "--no-tensorboard",
+        "--no-plots",
+        *extra,
+    ]
 
 
 def test_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert, tmp_path):
@@ -135,19 +215,67 @@ def test_resume_refuses_changed_options(tiny_bert, tmp_path):
 
 @pytest.mark.parametrize("mode,port", [("ddp", "29531"), ("fsdp", "29532")])
 def test_two_processes_match_one_process(tiny_bert, tmp_path, mode, port):
-    """DDP, and FSDP with its sharded states gathered for the resumable states, the best model and the output."""
-    common = ["--train", str(DEMO / "train.csv"), "--model", str(tiny_bert), "--max-steps", "4",
-              "--max-length", "32", "--dropout", "0", "--no-progress", "--no-tensorboard", "--no-plots", "--lr", "3e-3"]
+    """DDP, and FSDP with its sharded states gathered for the resumable states, the best model and the
+    output."""
+    common = [
+        "--train",
+        str(DEMO / "train.csv"),
+        "--model",
+        str(tiny_bert),
+        "--max-steps",
+        "4",
+        "--max-length",
+        "32",
+        "--dropout",
+        "0",
+        "--no-progress",
+        "--no-tensorboard",
+        "--no-plots",
+        "--lr",
+        "3e-3",
+    ]
     if mode == "fsdp":
-        common += ["--eval", str(DEMO / "eval.csv"), "--eval-every", "2", "--best-metric", "loss", "--grad-accum", "2"]
-    one = subprocess.run([str(BIN / "sft-train"), *common, "--batch-size", "8", "--output", str(tmp_path / "one")],
-                         capture_output=True, text=True)
+        common += [
+            "--eval",
+            str(DEMO / "eval.csv"),
+            "--eval-every",
+            "2",
+            "--best-metric",
+            "loss",
+            "--grad-accum",
+            "2",
+        ]
+    one = subprocess.run(
+        [str(BIN / "sft-train"), *common, "--batch-size", "8", "--output", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     flags = ["--fsdp"] if mode == "fsdp" else []
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", port, "-m", "sft.cli", *common, *flags, "--batch-size", "4",
-                          "--output", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            port,
+            "-m",
+            "sft.cli",
+            *common,
+            *flags,
+            "--batch-size",
+            "4",
+            "--output",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
@@ -160,13 +288,41 @@ def test_fsdp_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def cmd(out, port):
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
-                "-m", "sft.cli", "--train", str(DEMO / "train.csv"), "--model", str(tiny_bert), "--fsdp",
-                "--max-steps", "8", "--save-every", "2", "--batch-size", "4", "--max-length", "32", "--lr", "3e-3",
-                "--no-progress", "--no-tensorboard", "--no-plots", "--output", str(out)]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            port,
+            "-m",
+            "sft.cli",
+            "--train",
+            str(DEMO / "train.csv"),
+            "--model",
+            str(tiny_bert),
+            "--fsdp",
+            "--max-steps",
+            "8",
+            "--save-every",
+            "2",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "32",
+            "--lr",
+            "3e-3",
+            "--no-progress",
+            "--no-tensorboard",
+            "--no-plots",
+            "--output",
+            str(out),
+        ]
 
-    straight = subprocess.run(cmd(tmp_path / "straight", "29533"), capture_output=True, text=True, env=env,
-                              timeout=600)
+    straight = subprocess.run(
+        cmd(tmp_path / "straight", "29533"), capture_output=True, text=True, env=env, timeout=600
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     out, run_dir = tmp_path / "resumed", tmp_path / ".resumed.run"
@@ -180,8 +336,9 @@ def test_fsdp_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert, tmp_path):
     time.sleep(0.5)
     assert (run_dir / "step-00000004").exists() and not out.exists()
 
-    one_process = subprocess.run([sys.executable, *cmd(out, "29535")[7:]], capture_output=True, text=True, env=env,
-                                 timeout=600)
+    one_process = subprocess.run(
+        [sys.executable, *cmd(out, "29535")[7:]], capture_output=True, text=True, env=env, timeout=600
+    )
     assert_clean_error(one_process, "an unfinished run with 2 processes, now 1")
     rerun = subprocess.run(cmd(out, "29535"), capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

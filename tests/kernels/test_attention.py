@@ -99,7 +99,7 @@ def _ref_dense(q, k, v, causal, scale, keep=None, p=0.0):
 def _ref_varlen(q, k, v, cu, causal, scale, keep=None, p=0.0):
     outs = []
     bounds = cu.tolist()
-    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:], strict=False)):
         kp = None if keep is None else keep[i, :, : e - s, : e - s]
         outs.append(_ref_seq(q[s:e], k[s:e], v[s:e], causal, scale, kp, p))
     return torch.cat(outs)
@@ -123,7 +123,7 @@ def _check_fwd_bwd(run, ref, inputs, dtype, gen):
     ref_out = ref(*ref_inputs)
     ref_grads = torch.autograd.grad(ref_out, ref_inputs, dout.double())
     _assert_close(out, ref_out, dtype, "out")
-    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads, strict=False):
         _assert_close(g, rg, dtype, name)
     return out, grads
 
@@ -405,7 +405,7 @@ def test_backward_is_deterministic():
     dout = torch.randn(1, 33, 4, 32, generator=gen)
     g1 = torch.autograd.grad(A.flash_attention(q, k, v, causal=True, backend="triton"), (q, k, v), dout)
     g2 = torch.autograd.grad(A.flash_attention(q, k, v, causal=True, backend="triton"), (q, k, v), dout)
-    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=False))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -440,8 +440,10 @@ def test_torch_backend_dense_varlen_padded(causal):
         mask = _padding_mask(3, 12, side, gen)
         q, k, v = _randn(gen, 3, 12, hq, d), _randn(gen, 3, 12, hkv, d), _randn(gen, 3, 12, hkv, d)
         out, grads = _check_fwd_bwd(
-            lambda q, k, v: A.flash_attention_padded(q, k, v, mask, causal=causal, backend="torch"),
-            lambda q, k, v: _ref_padded(q, k, v, mask, causal, scale),
+            lambda q, k, v, mask=mask: A.flash_attention_padded(
+                q, k, v, mask, causal=causal, backend="torch"
+            ),
+            lambda q, k, v, mask=mask: _ref_padded(q, k, v, mask, causal, scale),
             (q, k, v),
             torch.float32,
             gen,

@@ -70,9 +70,13 @@ def _interpreted_modules():
 CE, FLCE = _interpreted_modules()
 
 BACKENDS = [
-    pytest.param("triton", marks=pytest.mark.skipif(
-        not triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
-        reason="Triton kernel tests need triton and TRITON_INTERPRET=1 (CPU interpreter)")),
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            not triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
+            reason="Triton kernel tests need triton and TRITON_INTERPRET=1 (CPU interpreter)",
+        ),
+    ),
     "torch",
 ]
 
@@ -91,17 +95,33 @@ def _close(got, ref, dtype, what, tol=TOL):
     got = got.detach().double()
     assert torch.isfinite(got).all(), f"{what}: non-finite values"
     scale = ref.abs().max().item() if ref.numel() else 0.0
-    torch.testing.assert_close(got, ref, rtol=rtol, atol=atol * max(scale, 1e-30),
-                               msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        got, ref, rtol=rtol, atol=atol * max(scale, 1e-30), msg=lambda m: f"{what}: {m}"
+    )
 
 
-def reference(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0, lse_square_scale=0.0,
-              softcap=None, reduction="mean"):
+def reference(
+    logits,
+    target,
+    *,
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    lse_square_scale=0.0,
+    softcap=None,
+    reduction="mean",
+):
     """float64 (loss, lse masked to 0 on ignored rows, leaf whose .grad receives dloss/dlogits)."""
     x = logits.detach().double().requires_grad_()
     z = softcap * torch.tanh(x / softcap) if softcap else x
-    loss = F.cross_entropy(z, target, weight=None if weight is None else weight.double(),
-                           ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+    loss = F.cross_entropy(
+        z,
+        target,
+        weight=None if weight is None else weight.double(),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
     valid = target != ignore_index
     lse = torch.logsumexp(z, 1)
     zl = lse_square_scale * lse.pow(2) * valid
@@ -131,22 +151,65 @@ CASES = [
     ("ignore-index-3", 37, None, torch.float32, dict(ignore_index=3), 2),
     ("weight-mean-loop", 1000, 256, torch.float32, dict(weight=True), 2),
     ("weight-smooth-mean", 37, None, torch.float32, dict(weight=True, label_smoothing=0.2), 1),
-    ("weight-smooth-none-loop", 1000, 256, torch.float32,
-     dict(weight=True, label_smoothing=0.1, reduction="none"), 1),
+    (
+        "weight-smooth-none-loop",
+        1000,
+        256,
+        torch.float32,
+        dict(weight=True, label_smoothing=0.1, reduction="none"),
+        1,
+    ),
     ("smooth-sum", 1000, None, torch.float32, dict(label_smoothing=0.3, reduction="sum", inplace=False), 0),
     ("zloss-mean-loop", 1000, 256, torch.float32, dict(lse_square_scale=1e-2), 2),
     ("softcap-mean-loop", 4099, 1024, torch.float32, dict(softcap=4.0, inplace=False), 1),
-    ("all-mean-loop", 1000, 256, torch.float32,
-     dict(weight=True, label_smoothing=0.1, lse_square_scale=1e-3, softcap=6.0, return_lse=True), 2),
-    ("all-sum", 37, None, torch.float32,
-     dict(weight=True, label_smoothing=0.05, lse_square_scale=1e-2, softcap=3.0, reduction="sum",
-          return_lse=True, inplace=False), 1),
-    ("all-none-loop", 1000, 128, torch.float32,
-     dict(weight=True, label_smoothing=0.1, lse_square_scale=1e-2, softcap=5.0, reduction="none"), 2),
+    (
+        "all-mean-loop",
+        1000,
+        256,
+        torch.float32,
+        dict(weight=True, label_smoothing=0.1, lse_square_scale=1e-3, softcap=6.0, return_lse=True),
+        2,
+    ),
+    (
+        "all-sum",
+        37,
+        None,
+        torch.float32,
+        dict(
+            weight=True,
+            label_smoothing=0.05,
+            lse_square_scale=1e-2,
+            softcap=3.0,
+            reduction="sum",
+            return_lse=True,
+            inplace=False,
+        ),
+        1,
+    ),
+    (
+        "all-none-loop",
+        1000,
+        128,
+        torch.float32,
+        dict(weight=True, label_smoothing=0.1, lse_square_scale=1e-2, softcap=5.0, reduction="none"),
+        2,
+    ),
     ("bf16-mean-loop", 1000, 256, torch.bfloat16, dict(label_smoothing=0.1, lse_square_scale=1e-2), 1),
-    ("bf16-all-none", 37, None, torch.bfloat16,
-     dict(weight=True, label_smoothing=0.1, lse_square_scale=1e-3, softcap=5.0, reduction="none",
-          return_lse=True), 1),
+    (
+        "bf16-all-none",
+        37,
+        None,
+        torch.bfloat16,
+        dict(
+            weight=True,
+            label_smoothing=0.1,
+            lse_square_scale=1e-3,
+            softcap=5.0,
+            reduction="none",
+            return_lse=True,
+        ),
+        1,
+    ),
     ("fp16-softcap-mean-loop", 4099, 1024, torch.float16, dict(softcap=8.0, inplace=False), 1),
     ("fp16-weight-sum", 37, None, torch.float16, dict(weight=True, reduction="sum", return_lse=True), 1),
 ]
@@ -202,8 +265,16 @@ def test_all_ignored_gives_zero_loss_and_grads(reduction, backend, monkeypatch):
     gen = _gen("all-ignored", reduction, backend)
     logits = torch.randn(5, 100, generator=gen).requires_grad_()
     target = torch.full((5,), -100)
-    loss, lse = CE.cross_entropy(logits, target, weight=torch.rand(100, generator=gen), label_smoothing=0.1,
-                                 lse_square_scale=1e-2, reduction=reduction, return_lse=True, backend=backend)
+    loss, lse = CE.cross_entropy(
+        logits,
+        target,
+        weight=torch.rand(100, generator=gen),
+        label_smoothing=0.1,
+        lse_square_scale=1e-2,
+        reduction=reduction,
+        return_lse=True,
+        backend=backend,
+    )
     assert torch.equal(loss.detach(), torch.zeros_like(loss)), f"loss {loss}"
     assert torch.equal(lse, torch.zeros(5))
     loss.sum().backward()
@@ -218,11 +289,11 @@ def test_extreme_logits(dtype, backend, monkeypatch):
     gen = _gen("extreme", dtype, backend)
     logits = torch.full((5, v), -1e4)
     target = torch.randint(0, v, (5,), generator=gen)
-    logits[0, target[0]] = 1e4                     # confident and right: loss ~ 0
-    logits[1, (target[1] + 1) % v] = 1e4           # confident and wrong: loss ~ 2e4
-    logits[2] = 1e4                                # all equal and huge: loss = log(V)
+    logits[0, target[0]] = 1e4  # confident and right: loss ~ 0
+    logits[1, (target[1] + 1) % v] = 1e4  # confident and wrong: loss ~ 2e4
+    logits[2] = 1e4  # all equal and huge: loss = log(V)
     logits[3] = (torch.rand(v, generator=gen) * 2 - 1) * 1e4
-    logits[4, :500] = 1e4                          # max in the first block, then a block of -1e4
+    logits[4, :500] = 1e4  # max in the first block, then a block of -1e4
     logits = logits.to(dtype)
     ref_loss, _, ref_x = reference(logits, target, lse_square_scale=1e-4, reduction="none")
     ref_loss.sum().backward()
@@ -248,12 +319,14 @@ def test_module_matches_functional_and_backward_runs_once(backend):
     gen = _gen("module", backend)
     logits, target = _inputs(gen, 4, 37, torch.float32, 1)
     w = torch.rand(37, generator=gen)
-    mod = CE.CrossEntropyLoss(weight=w, label_smoothing=0.1, softcap=5.0, lse_square_scale=1e-3,
-                              backend=backend)
+    mod = CE.CrossEntropyLoss(
+        weight=w, label_smoothing=0.1, softcap=5.0, lse_square_scale=1e-3, backend=backend
+    )
     x1, x2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     l1 = mod(x1, target)
-    l2 = CE.cross_entropy(x2, target, weight=w, label_smoothing=0.1, softcap=5.0, lse_square_scale=1e-3,
-                          backend=backend)
+    l2 = CE.cross_entropy(
+        x2, target, weight=w, label_smoothing=0.1, softcap=5.0, lse_square_scale=1e-3, backend=backend
+    )
     assert torch.equal(l1.detach(), l2.detach())
     l1.backward(retain_graph=True)
     l2.backward()
@@ -262,14 +335,17 @@ def test_module_matches_functional_and_backward_runs_once(backend):
         l1.backward()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(reduction="avg"), "reduction"),
-    (dict(label_smoothing=1.5), "label_smoothing"),
-    (dict(lse_square_scale=-1.0), "lse_square_scale"),
-    (dict(softcap=0.0), "softcap"),
-    (dict(weight=torch.ones(5)), "weight"),
-    (dict(backend="cuda"), "backend"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(reduction="avg"), "reduction"),
+        (dict(label_smoothing=1.5), "label_smoothing"),
+        (dict(lse_square_scale=-1.0), "lse_square_scale"),
+        (dict(softcap=0.0), "softcap"),
+        (dict(weight=torch.ones(5)), "weight"),
+        (dict(backend="cuda"), "backend"),
+    ],
+)
 def test_invalid_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CE.cross_entropy(torch.randn(3, 7), torch.zeros(3, dtype=torch.long), **kwargs)
@@ -309,8 +385,9 @@ def test_importable_and_torch_path_without_triton():
         "fl.fused_linear_cross_entropy(h, torch.randn(9, 5), t).backward(); print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -321,15 +398,55 @@ def test_importable_and_torch_path_without_triton():
 # (id, N, H, V, dtype, bias, chunk_size or ("budget", bytes), options, ignored rows, _MAX_BLOCK)
 FUSED_CASES = [
     ("mean-chunk4", 13, 16, 37, torch.float32, False, 4, {}, 2, None),
-    ("sum-bias-chunk5-all-opts", 13, 16, 100, torch.float32, True, 5,
-     dict(reduction="sum", label_smoothing=0.1, lse_square_scale=1e-2, softcap=5.0), 1, 64),
-    ("none-bias-chunk3", 13, 24, 37, torch.float32, True, 3,
-     dict(reduction="none", lse_square_scale=1e-3, softcap=4.0), 2, None),
+    (
+        "sum-bias-chunk5-all-opts",
+        13,
+        16,
+        100,
+        torch.float32,
+        True,
+        5,
+        dict(reduction="sum", label_smoothing=0.1, lse_square_scale=1e-2, softcap=5.0),
+        1,
+        64,
+    ),
+    (
+        "none-bias-chunk3",
+        13,
+        24,
+        37,
+        torch.float32,
+        True,
+        3,
+        dict(reduction="none", lse_square_scale=1e-3, softcap=4.0),
+        2,
+        None,
+    ),
     ("mean-one-chunk", 13, 16, 37, torch.float32, True, 13, dict(label_smoothing=0.2), 0, None),
-    ("mean-budget-3rows", 13, 16, 37, torch.float32, False, ("budget", 3 * 37 * 4),
-     dict(lse_square_scale=1e-2), 1, None),
-    ("bf16-mean-bias-chunk6", 13, 16, 100, torch.bfloat16, True, 6,
-     dict(label_smoothing=0.1, softcap=5.0), 1, 64),
+    (
+        "mean-budget-3rows",
+        13,
+        16,
+        37,
+        torch.float32,
+        False,
+        ("budget", 3 * 37 * 4),
+        dict(lse_square_scale=1e-2),
+        1,
+        None,
+    ),
+    (
+        "bf16-mean-bias-chunk6",
+        13,
+        16,
+        100,
+        torch.bfloat16,
+        True,
+        6,
+        dict(label_smoothing=0.1, softcap=5.0),
+        1,
+        64,
+    ),
 ]
 
 
@@ -351,13 +468,16 @@ def test_fused_linear_matches_unfused_reference(case, backend, monkeypatch):
         monkeypatch.setattr(CE, "_MAX_BLOCK", max_block)
     gen = _gen("fused", name, backend)
     hidden = torch.randn(n, hdim, generator=gen).to(dtype)
-    weight = (torch.randn(v, hdim, generator=gen) * hdim ** -0.5 * 3).to(dtype)
+    weight = (torch.randn(v, hdim, generator=gen) * hdim**-0.5 * 3).to(dtype)
     bias = torch.randn(v, generator=gen).to(dtype) if with_bias else None
     target = torch.randint(0, v, (n,), generator=gen)
     target[torch.randperm(n, generator=gen)[:n_ignored]] = -100
     reduction = opts.get("reduction", "mean")
-    gout = (torch.rand(n, generator=gen, dtype=torch.float64) + 0.5 if reduction == "none"
-            else torch.tensor(0.5 if reduction == "sum" else 1.0, dtype=torch.float64))
+    gout = (
+        torch.rand(n, generator=gen, dtype=torch.float64) + 0.5
+        if reduction == "none"
+        else torch.tensor(0.5 if reduction == "sum" else 1.0, dtype=torch.float64)
+    )
     ref = _fused_reference(hidden, weight, bias, target, gout=gout, **opts)
 
     chunk_kw = dict(memory_budget_bytes=chunk[1]) if isinstance(chunk, tuple) else dict(chunk_size=chunk)
@@ -366,8 +486,12 @@ def test_fused_linear_matches_unfused_reference(case, backend, monkeypatch):
     loss = FLCE.fused_linear_cross_entropy(h, w, target, b, backend=backend, **chunk_kw, **opts)
     assert loss.dtype == dtype and loss.shape == ref[0].shape
     loss.backward(gout.to(dtype))
-    for got, want, what in zip((loss, h.grad, w.grad, None if b is None else b.grad), ref,
-                               ("loss", "dhidden", "dweight", "dbias")):
+    for got, want, what in zip(
+        (loss, h.grad, w.grad, None if b is None else b.grad),
+        ref,
+        ("loss", "dhidden", "dweight", "dbias"),
+        strict=False,
+    ):
         if want is not None:
             assert got.dtype == dtype, what
             _close(got, want, dtype, what, tol=FUSED_TOL)
@@ -413,7 +537,7 @@ def test_autocast_matches_torch_autocast(backend):
     _close(got, want.detach().double(), torch.bfloat16, "fused loss", tol=FUSED_TOL)
     got.backward()
     want.backward()
-    for g, r, what in zip(got_p, ref_p, ("dhidden", "dweight", "dbias")):
+    for g, r, what in zip(got_p, ref_p, ("dhidden", "dweight", "dbias"), strict=False):
         assert g.grad.dtype == torch.float32, what
         _close(g.grad, r.grad.double(), torch.bfloat16, what, tol=FUSED_TOL)
 
@@ -424,8 +548,9 @@ def test_fused_all_ignored(backend):
     h = torch.randn(5, 8, generator=gen).requires_grad_()
     w = torch.randn(37, 8, generator=gen).requires_grad_()
     b = torch.randn(37, generator=gen).requires_grad_()
-    loss = FLCE.fused_linear_cross_entropy(h, w, torch.full((5,), -100), b, chunk_size=2,
-                                           lse_square_scale=1e-2, backend=backend)
+    loss = FLCE.fused_linear_cross_entropy(
+        h, w, torch.full((5,), -100), b, chunk_size=2, lse_square_scale=1e-2, backend=backend
+    )
     assert loss.item() == 0.0
     loss.backward()
     for g in (h.grad, w.grad, b.grad):
