@@ -81,10 +81,11 @@ def _read_folder(root: Path) -> list[ImageItem]:
     return items
 
 
-def check_image(item: ImageItem, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+def check_image(item: ImageItem, max_pixels: int | None = None) -> None:
     """Open the image's header and verify its data, without decoding pixels into memory."""
     from PIL import Image, UnidentifiedImageError
 
+    max_pixels = max_pixels or MAX_IMAGE_PIXELS
     where = item.where if item.where == str(item.path) else f"{item.where}: {item.path}"
     try:
         with Image.open(item.path) as image:
