@@ -16,7 +16,7 @@ import numpy as np
 
 from .bundle import GENERATION_TASK, Bundle
 from .errors import ServeError
-from .runtime import BundleRunner
+from .runner import BundleRunner
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Running a bundle: `tokenizers` for text -> ids, onnxruntime for ids -> logits, numpy for the rest.
 
 `load_model(path)` returns the runner for the bundle's task: TextClassifier (here), TokenClassifier
-(serve.tokens) or TextGenerator (serve.generate). Each has `encode(texts, truncate=...)` (on the caller's
-thread) and `run(encodings, options)` (on the model thread), which is what the batcher and sft-predict use.
+(serve.tokens) or TextGenerator (serve.generate), all built on serve.runner.BundleRunner. Each has
+`encode(texts, truncate=...)` (on the caller's thread) and `run(encodings, options)` (on the model
+thread), which is what the batcher and sft-predict use.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle, read_manifest, verify_files
-from .encoding import Text, TextEncoder
-from .errors import ServeError
-from .session import OnnxModel
+from .bundle import read_manifest, verify_files
+from .encoding import Text
+from .generate import TextGenerator
+from .runner import BundleRunner, finite
+from .tokens import TokenClassifier
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 
@@ -49,63 +51,8 @@ def runner_class(task: str):
     if task == "text-classification":
         return TextClassifier
     if task == "token-classification":
-        from .tokens import TokenClassifier
-
         return TokenClassifier
-    from .generate import TextGenerator
-
     return TextGenerator
-
-
-def finite(logits: np.ndarray) -> np.ndarray:
-    if not np.isfinite(logits).all():
-        raise FloatingPointError("the model produced NaN or infinite logits")
-    return logits
-
-
-class BundleRunner:
-    """What every task shares: the bundle, its tokenizer and its onnxruntime session."""
-
-    task = ""
-
-    def __init__(
-        self,
-        bundle: Bundle,
-        *,
-        threads: int | None = None,
-        device: str = "auto",
-        io_binding: bool | None = None,
-        spinning: bool = True,
-        truncate_left: bool = False,
-        pad_id: int | None = None,
-    ):
-        if bundle.task != self.task:
-            raise ServeError(f"{bundle.path}: a {bundle.task} bundle, not {self.task}")
-        self.bundle = bundle
-        self.labels = bundle.labels
-        self.encoder = TextEncoder(
-            bundle.tokenizer_file,
-            bundle.max_length,
-            bundle.pad_token,
-            pad_id=pad_id,
-            truncate_left=truncate_left,
-        )
-        self.model = OnnxModel(
-            bundle.model_file, threads=threads, device=device, io_binding=io_binding, spinning=spinning
-        )
-        self.session = self.model.session
-        self.input_names = self.model.input_names
-
-    @classmethod
-    def from_bundle(cls, path, *, verify: bool = True, **kwargs):
-        return cls(load_bundle(path, verify=verify), **kwargs)
-
-    def encode(self, texts: Sequence[Text], *, truncate: bool = True) -> list:
-        return self.encoder.encode(texts, truncate=truncate)
-
-    def feeds(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
-        arrays = self.encoder.pad(encodings)
-        return {name: arrays[name] for name in self.input_names}
 
 
 class TextClassifier(BundleRunner):

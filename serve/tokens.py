@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .runtime import BundleRunner, finite
+from .runner import BundleRunner, finite
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 
