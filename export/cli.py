@@ -8,8 +8,11 @@ import typer
 
 from sft.errors import InputError, report_errors
 
+# Plain click help and errors (no rich); nothing heavy is imported before the command runs.
 app = typer.Typer(
-    add_completion=False, help="Convert a fine-tuned checkpoint into a validated ONNX serving bundle."
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Convert a fine-tuned checkpoint into a validated ONNX serving bundle.",
 )
 
 

@@ -11,9 +11,15 @@ import typer
 
 from .errors import ServeError, report_errors
 
-predict_app = typer.Typer(add_completion=False, help="Predict with an ONNX bundle over a file of texts.")
+# Plain click help and errors (no rich): --help answers without importing rich's renderer.
+predict_app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Predict with an ONNX bundle over a file of texts.",
+)
 serve_app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,
     help="Serve an ONNX bundle over HTTP with dynamic batching (text-embeddings-inference's API).",
 )
 
@@ -39,13 +45,16 @@ def predict_command(
         "(classification), {index, entities} or {index, generated_text}.",
     ),
     batch_size: int = typer.Option(32, envvar="SFT_PREDICT_BATCH_SIZE", help="Texts per onnxruntime call."),
-    text_column: str = typer.Option(
-        "text",
+    text_column: str | None = typer.Option(
+        None,
         envvar="SFT_PREDICT_TEXT_COLUMN",
-        help="Column/field holding the text in CSV/TSV/JSONL input.",
+        help="Column/field holding the text in CSV/TSV/JSONL input "
+        "[default: the one the model was trained on, else text].",
     ),
     text_pair_column: str | None = typer.Option(
-        None, envvar="SFT_PREDICT_TEXT_PAIR_COLUMN", help="Column/field holding the second text of a pair."
+        None,
+        envvar="SFT_PREDICT_TEXT_PAIR_COLUMN",
+        help="Column/field holding the second text of a pair [default: the training one, if any].",
     ),
     resume: bool = typer.Option(
         False,
