@@ -10,7 +10,7 @@ from typing import Any
 from serve.bundle import sha256_file
 from sft.errors import InputError
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, train_setting
 from .runners import GENERATION_TASK
 
 BUNDLE_FORMAT = 1
@@ -33,6 +33,9 @@ def build_manifest(bundle: Path, checkpoint: Checkpoint, task: str, max_length: 
         "model_type": config.get("model_type"),
         "labels": [] if task == GENERATION_TASK else [id2label[i] for i in sorted(id2label)],
         "max_length": max_length,
+        # the input columns sft-train read (train_config.yaml), sft-predict's defaults for files alike
+        "text_column": train_setting(checkpoint, "text_column"),
+        "text_pair_column": train_setting(checkpoint, "text_pair_column"),
         "pad_token": _pick(
             _token_string(tok_cfg.get("pad_token")), _padding_token(bundle / "tokenizer.json")
         ),

@@ -39,6 +39,17 @@ class Bundle:
         return int(self.manifest["max_length"])
 
     @property
+    def text_column(self) -> str:
+        """The column the model was trained on (sft-predict's default), "text" when unknown."""
+        value = self.manifest.get("text_column")
+        return value if isinstance(value, str) and value else "text"
+
+    @property
+    def text_pair_column(self) -> str | None:
+        value = self.manifest.get("text_pair_column")
+        return value if isinstance(value, str) and value else None
+
+    @property
     def multi_label(self) -> bool:
         return self.manifest.get("problem_type") == "multi_label_classification"
 

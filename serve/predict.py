@@ -49,13 +49,21 @@ def options_for(runner, text: Any, max_new_tokens: int) -> dict[str, Any]:
     return {"params": GenerationParams(max_new_tokens=max_new_tokens)}
 
 
+def input_columns(bundle, text_column: str | None, pair_column: str | None) -> tuple[str, str | None]:
+    """The text and text-pair columns to read: the ones given, else those the bundle was trained on."""
+    if text_column is None:
+        text_column = bundle.text_column
+        pair_column = pair_column or bundle.text_pair_column
+    return text_column, pair_column
+
+
 def predict_file(
     runner,
     input_path: str | Path,
     output_path: str | Path,
     *,
     batch_size: int = 32,
-    text_column: str = "text",
+    text_column: str | None = None,
     pair_column: str | None = None,
     chunk_rows: int = 4096,
     resume: bool = False,
@@ -63,6 +71,7 @@ def predict_file(
     max_new_tokens: int = 20,
 ) -> PredictSummary:
     input_path, output_path = Path(input_path), Path(output_path)
+    text_column, pair_column = input_columns(runner.bundle, text_column, pair_column)
     if batch_size <= 0:
         raise ServeError(f"--batch-size must be > 0, got {batch_size}")
     if pair_column and runner.task != "text-classification":
