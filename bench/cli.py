@@ -1,4 +1,8 @@
-"""`sft-bench NAME [ARGS...]`: run one benchmark module (each prints a table and writes JSON)."""
+"""`sft-bench NAME [ARGS...]`: run one benchmark module (each prints a table and writes JSON).
+
+Only the chosen module is imported, and each keeps torch and transformers out of its top level, so
+`sft-bench --help`, `sft-bench NAME --help` and argument errors come back at once.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,11 @@ BENCHMARKS = {
     "kernels": ("bench.check", "all kernel benchmarks; --check gates on ratios against bench/baselines"),
     "kernels-ce": ("bench.kernels_cross_entropy", "fused cross-entropy kernels (GPU)"),
     "kernels-attention": ("bench.kernels_attention", "flash attention kernels (GPU)"),
+    "compile": (
+        "bench.compile",
+        "ahead-of-time compile audit of every kernel launch variant (no GPU needed)",
+    ),
+    "gpu-suite": ("bench.gpu_suite", "one prepared run for a lent GPU: kernel tests, benchmarks, train"),
 }
 
 
@@ -33,8 +42,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nerror: unknown benchmark {argv[0]!r}", file=sys.stderr)
             raise SystemExit(2)
         return
-    module = importlib.import_module(BENCHMARKS[argv[0]][0])
-    module.main(argv[1:])
+    name = BENCHMARKS[argv[0]][0]
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        print(f"error: sft-bench {argv[0]}: {name} is not in this checkout", file=sys.stderr)
+        raise SystemExit(2) from None
+    rc = module.main(argv[1:])
+    if rc:
+        raise SystemExit(rc)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,21 @@ Without CUDA (and without --cpu-smoke) prints one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS_DIR, cpu_time_ms, cuda_time_ms, measured_matmul_tflops, print_table, write_json
+from .common import (
+    RESULTS_DIR,
+    failure_status,
+    free,
+    measured_matmul_tflops,
+    print_table,
+    timer,
+    write_outputs,
+)
 
 NAME = "kernels_attention"
 TOKENS = 16384
@@ -79,7 +88,7 @@ def _time_fwd_bwd(fwd: Callable[[], Any], inputs, timer) -> tuple[float, float, 
     return t_f, t_b, t_fb
 
 
-def run_config(b, s, h, d, causal, dtype, device, timer, backend, sdpa_flash: bool) -> dict:
+def run_config(b, s, h, d, causal, dtype, device, time_ms, backend, sdpa_flash: bool) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -112,8 +121,8 @@ def run_config(b, s, h, d, causal, dtype, device, timer, backend, sdpa_flash: bo
 
     with torch.no_grad():
         row["max_abs_err_vs_sdpa"] = (ours().float() - sdpa_ref().float()).abs().max().item()
-    tf, tb, tfb = _time_fwd_bwd(ours, (q, k, v), timer)
-    sf, sb, sfb = _time_fwd_bwd(sdpa_ref, (q, k, v), timer)
+    tf, tb, tfb = _time_fwd_bwd(ours, (q, k, v), time_ms)
+    sf, sb, sfb = _time_fwd_bwd(sdpa_ref, (q, k, v), time_ms)
     row.update(
         fwd_ms=tf,
         bwd_ms=tb,
@@ -151,8 +160,8 @@ def run_config(b, s, h, d, causal, dtype, device, timer, backend, sdpa_flash: bo
     with torch.no_grad():
         real = mask[:, :, None, None]
         row["pad_max_abs_err_vs_sdpa"] = ((ours_pad().float() - sdpa_pad().float()) * real).abs().max().item()
-    pf, pb, pfb = _time_fwd_bwd(ours_pad, (q, k, v), timer)
-    mf, mb, mfb = _time_fwd_bwd(sdpa_pad, (q, k, v), timer)
+    pf, pb, pfb = _time_fwd_bwd(ours_pad, (q, k, v), time_ms)
+    mf, mb, mfb = _time_fwd_bwd(sdpa_pad, (q, k, v), time_ms)
     f_useful = _useful_flops_fwd(lengths, h, d, causal)
     row.update(
         pad_fraction=1 - sum(lengths) / (b * s),
@@ -167,15 +176,8 @@ def run_config(b, s, h, d, causal, dtype, device, timer, backend, sdpa_flash: bo
     return row
 
 
-def plot(rows: list[dict], path: Path, ceiling: float | None) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as e:  # pragma: no cover
-        print(f"(no plot: {e})", file=sys.stderr)
-        return None
+def draw(plt, rows: list[dict], ceiling: float | None):
+    """Per (heads, head dim, causal): TFLOP/s against seqlen on top, speed-up over SDPA below."""
     groups = sorted({(r["H"], r["D"], r["causal"]) for r in rows if "fwd_tflops" in r})
     if not groups:
         return None
@@ -211,11 +213,7 @@ def plot(rows: list[dict], path: Path, ceiling: float | None) -> Path | None:
         ax.set_xlabel("seqlen")
         ax.set_ylabel("speedup (x)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 COLUMNS = [
@@ -257,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_smoke:
         device, dtype, backend, sdpa_flash = torch.device("cpu"), torch.float32, "torch", False
         tokens, seqlens, heads_dims = 128, [64], [(2, 32)]
-        timer = lambda fn: cpu_time_ms(fn, repeats=1, warmup=1)  # noqa: E731
         ceiling = None
     else:
         if not torch.cuda.is_available():
@@ -270,21 +267,20 @@ def main(argv: list[str] | None = None) -> int:
         tokens = TOKENS
         seqlens = [1024, 8192] if args.quick else SEQLENS
         heads_dims = [(16, 128)] if args.quick else HEADS_DIMS
-        timer = cuda_time_ms
         ceiling = measured_matmul_tflops(8192, "bfloat16")
         print(f"bf16 matmul ceiling (cuBLAS 8192^3): {ceiling:.0f} TFLOP/s")
 
+    time_ms = timer(device, repeats=1, warmup=1)
     rows = []
     for h, d in heads_dims:
         for s in seqlens:
             b = max(1, tokens // s)
             for causal in (False, True):
                 try:
-                    row = run_config(b, s, h, d, causal, dtype, device, timer, backend, sdpa_flash)
+                    row = run_config(b, s, h, d, causal, dtype, device, time_ms, backend, sdpa_flash)
                 except Exception as e:  # record and go on (e.g. out of memory on a smaller GPU)
-                    row = dict(B=b, S=s, H=h, D=d, causal=causal, error=f"{type(e).__name__}: {e}"[:300])
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                    row = dict(B=b, S=s, H=h, D=d, causal=causal, error=failure_status(e))
+                    free(device)
                 rows.append(row)
                 print_table([row], COLUMNS + (["error"] if "error" in row else []))
 
@@ -301,9 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         matmul_ceiling_tflops=ceiling,
         rows=rows,
     )
-    path = write_json(NAME, payload, out_dir)
-    png = plot(rows, Path(out_dir) / f"{NAME}.png", ceiling)
-    print(f"wrote {path}" + (f" and {png}" if png else ""))
+    write_outputs(NAME, payload, out_dir, functools.partial(draw, rows=rows, ceiling=ceiling))
     return 0
 
 

@@ -23,24 +23,28 @@ Writes ``<out>/kernels_cross_entropy.json`` (``bench.common.write_json``) and a 
 from __future__ import annotations
 
 import argparse
-import gc
+import functools
 import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from bench.common import (
     RESULTS_DIR,
-    cpu_time_ms,
     cuda_time_ms,
+    failure_status,
+    free,
     measured_copy_bandwidth_gbs,
+    peak_mib,
     print_table,
-    write_json,
+    sync,
+    timer,
+    write_outputs,
 )
+
+if TYPE_CHECKING:  # torch is imported in the functions that run, so --help stays fast
+    import torch
 
 NAME = "kernels_cross_entropy"
 CE_NS = (4096, 16384, 32768)
@@ -48,7 +52,8 @@ CE_VS = (32768, 131072, 262144)
 FLCE_H, FLCE_V, FLCE_NS = 4096, 131072, (8192, 32768)
 SWEEP_CONFIGS = ((4096, 8), (8192, 8), (8192, 16), (16384, 16), (16384, 32), (32768, 32))
 
-Arm = Callable[..., torch.Tensor]
+Arm = Callable[..., "torch.Tensor"]
+Timer = Callable[[Callable[[], Any]], float]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -58,6 +63,9 @@ Arm = Callable[..., torch.Tensor]
 
 def ce_arms(device: str) -> dict[str, Arm]:
     """name -> fn(logits, target) returning the mean loss."""
+    import torch
+    import torch.nn.functional as F
+
     from kernels.cross_entropy import cross_entropy
 
     arms: dict[str, Arm] = {}
@@ -83,6 +91,9 @@ def ce_arms(device: str) -> dict[str, Arm]:
 
 def flce_arms(device: str) -> dict[str, Arm]:
     """name -> fn(hidden, weight, target) returning the mean loss."""
+    import torch
+    import torch.nn.functional as F
+
     from kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
 
     backend = "triton" if device == "cuda" else "torch"
@@ -111,38 +122,24 @@ def flce_arms(device: str) -> dict[str, Arm]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Harness (device-agnostic: CUDA events + memory stats on GPU, wall clock on CPU)
+# Measurements (bench.common: CUDA events + memory stats on GPU, wall clock on CPU)
 # --------------------------------------------------------------------------------------------------------
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+def _ce_fwd_bwd(fn: Arm, x: torch.Tensor, t: torch.Tensor) -> None:
+    x.grad = None
+    fn(x, t).backward()
 
 
-def _free(device: str) -> None:
-    if device == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _peak_mib(fn: Callable[[], Any], device: str) -> float | None:
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+def _flce_fwd_bwd(fn: Arm, hid: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> None:
+    hid.grad = w.grad = None
+    fn(hid, w, t).backward()
 
 
 def _reference_ce(x: torch.Tensor, t: torch.Tensor, rows: int = 2048) -> float:
     """fp32 mean cross-entropy, computed in row chunks (no fp32 copy of all logits)."""
+    import torch
+
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for s in range(0, x.shape[0], rows):
         xc = x[s : s + rows].detach().float()
@@ -157,9 +154,11 @@ def bench_ce_shape(
     *,
     device: str,
     dtype: torch.dtype,
-    timer: Callable[[Callable[[], Any]], float],
+    timer: Timer,
     copy_gbs: float | None,
 ) -> list[dict[str, Any]]:
+    import torch
+
     rows, ref = [], None
     for name, fn in arms.items():
         row: dict[str, Any] = {"bench": "ce", "arm": name, "N": n, "V": v, "dtype": str(dtype).split(".")[-1]}
@@ -170,32 +169,26 @@ def bench_ce_shape(
             t = torch.randint(0, v, (n,), device=device, generator=g)
             if ref is None:
                 ref = _reference_ce(x, t)
-
-            def fwd(fn=fn, x=x, t=t):
-                return fn(x, t)
-
-            def fwd_bwd(fn=fn, x=x, t=t):
-                x.grad = None
-                fn(x, t).backward()
-
+            fwd = functools.partial(fn, x, t)
+            fwd_bwd = functools.partial(_ce_fwd_bwd, fn, x, t)
             x.grad = None
             loss = fn(x, t)  # first call: warm-up/compile and correctness (in-place arms destroy x after it)
             row["loss_err"] = abs(float(loss.detach().float()) - ref)
             loss.backward()
             loss = x.grad = None  # the graph of the first call must not stay alive (nor count as memory)
-            _sync(device)
-            row["peak_mib"] = _peak_mib(fwd_bwd, device)
+            sync(device)
+            row["peak_mib"] = peak_mib(fwd_bwd, device)
             row["fwd_ms"] = timer(fwd)
             row["fwd_bwd_ms"] = timer(fwd_bwd)
             row["bwd_ms"] = row["fwd_bwd_ms"] - row["fwd_ms"]
             row["gbs"] = 2 * n * v * x.element_size() / (row["fwd_bwd_ms"] * 1e-3) / 1e9
             if copy_gbs:
                 row["pct_copy_bw"] = 100 * row["gbs"] / copy_gbs
-        except Exception as exc:  # noqa: BLE001 - one failing arm must not end the benchmark
-            row["status"] = "oom" if _is_oom(exc) else f"error: {type(exc).__name__}: {exc}"[:200]
+        except Exception as exc:  # one failing arm must not end the benchmark
+            row["status"] = failure_status(exc)
         finally:
-            x = t = loss = None
-            _free(device)
+            x = t = loss = fwd = fwd_bwd = None
+            free(device)
         row.setdefault("status", "ok")
         rows.append(row)
     return rows
@@ -209,8 +202,10 @@ def bench_flce_shape(
     *,
     device: str,
     dtype: torch.dtype,
-    timer: Callable[[Callable[[], Any]], float],
+    timer: Timer,
 ) -> list[dict[str, Any]]:
+    import torch
+
     rows, ref = [], None
     for name, fn in arms.items():
         row: dict[str, Any] = {
@@ -227,23 +222,19 @@ def bench_flce_shape(
             hid = torch.randn(n, h, device=device, dtype=dtype, generator=g).requires_grad_()
             w = (torch.randn(v, h, device=device, dtype=dtype, generator=g) * h**-0.5).requires_grad_()
             t = torch.randint(0, v, (n,), device=device, generator=g)
-
-            def fwd_bwd(fn=fn, hid=hid, w=w, t=t):
-                hid.grad = w.grad = None
-                fn(hid, w, t).backward()
-
+            fwd_bwd = functools.partial(_flce_fwd_bwd, fn, hid, w, t)
             loss = fn(hid, w, t)
             ref = float(loss.detach().float()) if ref is None else ref  # first arm ("ours") is the reference
             row["loss_diff"] = abs(float(loss.detach().float()) - ref)
             loss.backward()
             loss = hid.grad = w.grad = None
-            row["peak_mib"] = _peak_mib(fwd_bwd, device)
+            row["peak_mib"] = peak_mib(fwd_bwd, device)
             row["fwd_bwd_ms"] = timer(fwd_bwd)
-        except Exception as exc:  # noqa: BLE001
-            row["status"] = "oom" if _is_oom(exc) else f"error: {type(exc).__name__}: {exc}"[:200]
+        except Exception as exc:
+            row["status"] = failure_status(exc)
         finally:
-            hid = w = t = loss = None
-            _free(device)
+            hid = w = t = loss = fwd_bwd = None
+            free(device)
         row.setdefault("status", "ok")
         rows.append(row)
     _add_ratios(rows, base="unfused")
@@ -277,17 +268,26 @@ def summarize_ce(rows: list[dict[str, Any]], ours: str) -> list[dict[str, Any]]:
     return out
 
 
-def sweep_ce_configs(n: int, v: int, timer) -> list[dict[str, Any]]:
+def _fixed_launch_config(n_cols: int, *, block: int, warps: int) -> tuple[int, int, bool]:
+    return block, warps, n_cols <= block
+
+
+def sweep_ce_configs(n: int, v: int, timer: Timer) -> list[dict[str, Any]]:
     """Time our CE fwd+bwd for several (BLOCK, num_warps) launch configs (to tune ``_launch_config``)."""
+    import torch
+
     ce = importlib.import_module("kernels.cross_entropy")  # the package exports a function of that name
 
     default = ce._launch_config
+    arm = functools.partial(ce.cross_entropy, backend="triton")
     rows = []
     try:
         for block, warps in SWEEP_CONFIGS:
-            ce._launch_config = lambda n_cols, b=block, w=warps: (b, w, n_cols <= b)
-            arm = {f"BLOCK={block},warps={warps}": lambda x, t: ce.cross_entropy(x, t, backend="triton")}
-            rows += bench_ce_shape(n, v, arm, device="cuda", dtype=torch.bfloat16, timer=timer, copy_gbs=None)
+            ce._launch_config = functools.partial(_fixed_launch_config, block=block, warps=warps)
+            arms = {f"BLOCK={block},warps={warps}": arm}
+            rows += bench_ce_shape(
+                n, v, arms, device="cuda", dtype=torch.bfloat16, timer=timer, copy_gbs=None
+            )
     finally:
         ce._launch_config = default
     return rows
@@ -302,15 +302,8 @@ def _k(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
-def plot(ce_rows: list[dict[str, Any]], flce_rows: list[dict[str, Any]], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return None
+def draw(plt, ce_rows: list[dict[str, Any]], flce_rows: list[dict[str, Any]]):
+    """fwd+bwd time of every arm per shape: cross-entropy on the left, linear + CE on the right."""
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     panels = (
         (axes[0], ce_rows, "cross-entropy fwd+bwd", lambda r: f"{_k(r['N'])} x {_k(r['V'])}"),
@@ -328,10 +321,7 @@ def plot(ce_rows: list[dict[str, Any]], flce_rows: list[dict[str, Any]], path: P
         ax.set_ylabel("ms (median; 0 = oom/skipped)")
         ax.set_title(label)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _finish(name: str, payload: dict[str, Any], out_dir: Path) -> Path:
@@ -371,23 +361,26 @@ def _finish(name: str, payload: dict[str, Any], out_dir: Path) -> Path:
         print()
     if payload["flce"]:
         print_table(payload["flce"], flce_cols)
-    path = write_json(name, payload, out_dir)
-    png = plot(payload["ce"], payload["flce"], Path(out_dir) / f"{name}.png")
-    print(f"\nwrote {path}" + (f" and {png}" if png else ""))
+    print()
+    path, _ = write_outputs(
+        name, payload, out_dir, functools.partial(draw, ce_rows=payload["ce"], flce_rows=payload["flce"])
+    )
     return path
 
 
 def run_cpu_smoke(out_dir: Path | str | None = None) -> dict[str, Any]:
     """The same harness on tiny CPU shapes (torch reference path vs eager): testable without a GPU."""
+    import torch
+
     out_dir = Path(out_dir or RESULTS_DIR)
-    timer = lambda fn: cpu_time_ms(fn, repeats=3, warmup=1)  # noqa: E731
+    cpu_timer = timer("cpu", repeats=3, warmup=1)
     ce_rows = []
     for n, v in ((64, 37), (64, 1000)):
         ce_rows += bench_ce_shape(
-            n, v, ce_arms("cpu"), device="cpu", dtype=torch.float32, timer=timer, copy_gbs=None
+            n, v, ce_arms("cpu"), device="cpu", dtype=torch.float32, timer=cpu_timer, copy_gbs=None
         )
     flce_rows = bench_flce_shape(
-        64, 32, 1000, flce_arms("cpu"), device="cpu", dtype=torch.float32, timer=timer
+        64, 32, 1000, flce_arms("cpu"), device="cpu", dtype=torch.float32, timer=cpu_timer
     )
     payload = {
         "mode": "cpu-smoke",
@@ -413,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.cpu_smoke:
         run_cpu_smoke(args.out)
         return
+    import torch
+
     if not torch.cuda.is_available():
         print(
             "kernels_cross_entropy: needs a CUDA GPU (none found); "

@@ -11,24 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(fig, path: Path) -> Path:
-    """Write the figure to a temp name and rename, so a reader never sees half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110, format="png")
-    pyplot().close(fig)
-    tmp.replace(path)
-    return path
+from .common import pyplot, save_png
 
 
 def serve_load_png(record: dict[str, Any], path: Path) -> Path:

@@ -9,13 +9,7 @@ tokens per second, median step time, peak memory, and the loss of the last step.
 Workloads:
   encoder  BERT-base-sized sequence classifier, SST-2 lengths, 32 sequences a step
   decoder  Llama-style ~1B causal LM, Alpaca lengths (prompt masked), 16 sequences a step, max 1024
-Arms:
-  trainer         transformers.Trainer, SDPA attention, padded batches
-  trainer-liger   the same + Liger-Kernel's patch for the model family (needs liger-kernel)
-  ours-torch      our step: our loss path (torch reference), SDPA attention, padded batches
-  ours-triton     our step: Triton cross-entropy / fused linear CE + Triton flash attention (unpadded)
-  ours-packed     ours-triton with packed rows (decoder only)
-  ours-compile    ours-torch under torch.compile
+Arms: see ``ARMS`` below (``--help`` lists them).
 
     python -m bench.train_speed --workload all            # GPU: full run, JSON + PNG under bench/results
     python -m bench.train_speed --cpu-smoke --out /tmp/x  # tiny models on CPU: tests the harness itself
@@ -24,21 +18,33 @@ Arms:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from .common import print_table, write_json
+from .common import StepTimer, peak_memory_gib, print_table, write_json, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-ARMS = ["trainer", "trainer-liger", "ours-torch", "ours-triton", "ours-packed", "ours-compile"]
+
+# The arms, in run order: name -> what it trains with. A new arm goes here (and in CUDA_ONLY /
+# DECODER_ONLY when it needs them); run_arm sets up its model and step, and the harness, table, JSON,
+# plot and `sft-bench gpu-suite` pick it up by name.
+ARMS = {
+    "trainer": "transformers.Trainer, SDPA attention, padded batches",
+    "trainer-liger": "the same + Liger-Kernel's patch for the model family (needs liger-kernel)",
+    "ours-torch": "our step: our loss path (torch reference), SDPA attention, padded batches",
+    "ours-triton": "our step: Triton cross-entropy / fused linear CE + Triton flash attention (unpadded)",
+    "ours-packed": "ours-triton with packed rows (decoder only)",
+    "ours-compile": "ours-torch under torch.compile",
+}
+CUDA_ONLY = {"ours-triton", "ours-packed"}
+DECODER_ONLY = {"ours-packed"}
 
 
 def lengths_for(workload: str, n: int, max_len: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -169,22 +175,20 @@ def run_arm(arm: str, workload: str, steps: int, warmup: int, smoke: bool, seed:
             return {k: v.to(device) for k, v in collate_causal(rows, 0).items()}
         return task.collate(rows, 0, device)
 
-    times, tokens, losses = [], [], []
-    for i, rows in enumerate(batches):
+    steps, tokens, losses = StepTimer(device, warmup), [], []
+    for rows in batches:
         batch = collate(rows)
-        _sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            loss = task.loss(step_model, batch, backend)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())  # also synchronizes
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+        with steps.step():
+            with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+                loss = task.loss(step_model, batch, backend)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        if steps.timed:
             tokens.append(int(batch["attention_mask"].sum()))
-    return _summary(times, tokens, losses, device)
+    return _summary(steps, tokens, losses, device)
 
 
 def _run_trainer(arm, model, batches, workload, warmup, device) -> dict:
@@ -202,17 +206,14 @@ def _run_trainer(arm, model, batches, workload, warmup, device) -> dict:
         collator = _PadCollator(0)
     else:
         collator = _PadCollator(0, labels_are_sequences=True)
-    times, tokens = [], []
+    steps, tokens = StepTimer(device, warmup), []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            _sync(device)
-            self.t0 = time.perf_counter()
+            steps.start()
 
         def on_step_end(self, args, state, control, **kw):
-            _sync(device)
-            if state.global_step > warmup:
-                times.append(time.perf_counter() - self.t0)
+            steps.stop()
 
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="speed-"),
@@ -240,7 +241,7 @@ def _run_trainer(arm, model, batches, workload, warmup, device) -> dict:
     for rows in batches[warmup:]:
         tokens.append(sum(len(r["input_ids"]) for r in rows))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [result.training_loss]
-    return _summary(times, tokens[: len(times)], losses, device)
+    return _summary(steps, tokens[: len(steps.times)], losses, device)
 
 
 class _PadCollator:
@@ -263,33 +264,21 @@ class _PadCollator:
         return batch
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _summary(times, tokens, losses, device) -> dict:
-    import torch
-
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+def _summary(steps: StepTimer, tokens: list[int], losses: list[float], device) -> dict:
     return {
-        "tokens_per_s": sum(tokens) / sum(times),
-        "median_step_ms": statistics.median(times) * 1e3,
-        "steps_timed": len(times),
-        "peak_memory_gib": peak,
+        "tokens_per_s": sum(tokens) / sum(steps.times),
+        "median_step_ms": steps.median_ms(),
+        "steps_timed": len(steps.times),
+        "peak_memory_gib": peak_memory_gib(device),
         "final_loss": losses[-1],
         "losses": losses,
     }
 
 
-def write_plot(rows: list[dict], path: Path) -> Path:
+def draw(plt, rows: list[dict]):
     """One row of panels per workload: tokens/s, peak memory (GPU only) and the loss of every step."""
-    from .plots import pyplot, save_png
-
     workloads = sorted({r["workload"] for r in rows})
-    fig, axes = pyplot().subplots(len(workloads), 3, figsize=(15, 4 * len(workloads)), squeeze=False)
+    fig, axes = plt.subplots(len(workloads), 3, figsize=(15, 4 * len(workloads)), squeeze=False)
     for (ax_speed, ax_mem, ax_loss), workload in zip(axes, workloads, strict=False):
         ok = [r for r in rows if r["workload"] == workload and r["status"] == "ok"]
         names = [r["arm"] for r in ok]
@@ -302,20 +291,82 @@ def write_plot(rows: list[dict], path: Path) -> Path:
         ax_loss.set_title(f"{workload}: loss per step")
         ax_loss.set_xlabel("step")
         ax_loss.legend(fontsize=8)
-    return save_png(fig, path)
+    return fig
+
+
+def _run_arm_process(arm: str, workload: str, a: argparse.Namespace) -> dict:
+    """One arm in its own process (so peak memory does not leak between arms): its row."""
+    cmd = [sys.executable, "-m", "bench.train_speed", "--one", f"{arm}:{workload}"]
+    cmd += ["--steps", str(a.steps), "--warmup", str(a.warmup), "--seed", str(a.seed)]
+    cmd += ["--cpu-smoke"] if a.cpu_smoke else []
+    row = {"workload": workload, "arm": arm}
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            },
+            timeout=a.arm_timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {**row, "status": f"failed: timeout after {a.arm_timeout:g} s"}
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**row, "status": f"failed: {err[:200]}"}
+    return {**row, "status": "ok", **json.loads(line[7:])}
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """speedup_vs_trainer and memory_vs_trainer of every arm that ran, per workload."""
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        base = next(
+            (r for r in rows if r["workload"] == workload and r["arm"] == "trainer" and r["status"] == "ok"),
+            None,
+        )
+        for r in rows:
+            if r["workload"] == workload and base and r["status"] == "ok":
+                r["speedup_vs_trainer"] = r["tokens_per_s"] / base["tokens_per_s"]
+                if base.get("peak_memory_gib") and r.get("peak_memory_gib"):
+                    r["memory_vs_trainer"] = r["peak_memory_gib"] / base["peak_memory_gib"]
+
+
+COLUMNS = [
+    "workload",
+    "arm",
+    "status",
+    "tokens_per_s",
+    "median_step_ms",
+    "peak_memory_gib",
+    "final_loss",
+    "speedup_vs_trainer",
+    "memory_vs_trainer",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    arms_help = "; ".join(f"{name}: {what}" for name, what in ARMS.items())
+    p = argparse.ArgumentParser(prog="sft-bench train", description=__doc__.splitlines()[0])
     p.add_argument("--workload", default="all", choices=["encoder", "decoder", "all"])
-    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, in run order ({arms_help})")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--arm-timeout", type=float, help="seconds one arm may run before it is recorded as failed"
+    )
     p.add_argument("--cpu-smoke", action="store_true", help="tiny models on CPU (tests the harness)")
     p.add_argument("--out", help="directory for JSON/PNG [default: bench/results]")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one arm:workload, print JSON
     a = p.parse_args(argv)
+    arms = a.arms.split(",")
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown:
+        p.error(f"--arms: unknown arm {unknown[0]!r} (known: {', '.join(ARMS)})")
     if a.one:
         arm, workload = a.one.split(":")
         print("RESULT " + json.dumps(run_arm(arm, workload, a.steps, a.warmup, a.cpu_smoke, a.seed)))
@@ -326,65 +377,24 @@ def main(argv: list[str] | None = None) -> None:
         print("bench.train_speed needs a CUDA GPU (or --cpu-smoke for the harness check)", file=sys.stderr)
         raise SystemExit(2)
     workloads = ["encoder", "decoder"] if a.workload == "all" else [a.workload]
+    name = "train_speed_cpu_smoke" if a.cpu_smoke else "train_speed"
+    out_dir = Path(a.out) if a.out else None
     rows = []
     for workload in workloads:
-        for arm in a.arms.split(","):
-            if arm == "ours-packed" and workload == "encoder":
+        for arm in arms:
+            if arm in DECODER_ONLY and workload == "encoder":
                 continue
-            if arm.startswith("ours-triton") or arm == "ours-packed":
-                if not torch.cuda.is_available():
-                    rows.append({"workload": workload, "arm": arm, "status": "skipped: needs CUDA"})
-                    continue
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.train_speed",
-                "--one",
-                f"{arm}:{workload}",
-                "--steps",
-                str(a.steps),
-                "--warmup",
-                str(a.warmup),
-                "--seed",
-                str(a.seed),
-            ] + (["--cpu-smoke"] if a.cpu_smoke else [])
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
-            )
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                rows.append({"workload": workload, "arm": arm, "status": f"failed: {err[:200]}"})
+            if arm in CUDA_ONLY and not torch.cuda.is_available():
+                rows.append({"workload": workload, "arm": arm, "status": "skipped: needs CUDA"})
                 continue
-            rows.append({"workload": workload, "arm": arm, "status": "ok", **json.loads(line[7:])})
+            rows.append(_run_arm_process(arm, workload, a))
             print(rows[-1], flush=True)
-    for workload in workloads:
-        base = next(
-            (r for r in rows if r["workload"] == workload and r["arm"] == "trainer" and r["status"] == "ok"),
-            None,
-        )
-        for r in rows:
-            if r["workload"] == workload and base and r["status"] == "ok":
-                r["speedup_vs_trainer"] = r["tokens_per_s"] / base["tokens_per_s"]
-                if base.get("peak_memory_gib") and r.get("peak_memory_gib"):
-                    r["memory_vs_trainer"] = r["peak_memory_gib"] / base["peak_memory_gib"]
-    print_table(
-        rows,
-        [
-            "workload",
-            "arm",
-            "status",
-            "tokens_per_s",
-            "median_step_ms",
-            "peak_memory_gib",
-            "final_loss",
-            "speedup_vs_trainer",
-            "memory_vs_trainer",
-        ],
-    )
-    name = "train_speed_cpu_smoke" if a.cpu_smoke else "train_speed"
-    path = write_json(name, {"args": vars(a), "results": rows}, Path(a.out) if a.out else None)
-    print(f"wrote {path} and {write_plot(rows, path.with_suffix('.png'))}")
+            # the record so far, so a run stopped from outside still leaves the arms it finished
+            write_json(name, {"args": vars(a), "complete": False, "results": rows}, out_dir)
+    _add_ratios(rows)
+    print_table(rows, COLUMNS)
+    payload = {"args": vars(a), "complete": True, "results": rows}
+    write_outputs(name, payload, out_dir, functools.partial(draw, rows=rows))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,39 @@ from pathlib import Path
 
 from conftest import ROOT
 
+# Runs `sft-bench --help`, then each subcommand's --help and an argument error, in one fresh interpreter,
+# and reports for each the heavy modules it left imported and its seconds.
+_HELP_PROBE = """
+import json, sys, time
+from bench.cli import BENCHMARKS, main
+calls = [[]] + [[name, "--help"] for name in BENCHMARKS] + [[name, "--no-such-option"] for name in BENCHMARKS]
+report = []
+for argv in calls:
+    t0 = time.perf_counter()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+    report.append({"argv": argv, "code": code, "heavy": heavy, "seconds": time.perf_counter() - t0})
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_cli_help_and_argument_errors_import_neither_torch_nor_transformers():
+    proc = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT "))
+    report = json.loads(line[7:])
+    heavy = [(r["argv"], r["heavy"]) for r in report if r["heavy"]]
+    assert heavy == [], heavy  # the first call that imported one is the culprit
+    assert report[0]["code"] == 0 and "gpu-suite" in proc.stdout and "compile" in proc.stdout
+    for r in report[1:]:
+        missing = r["code"] == 2 and r["argv"][0] == "compile"  # bench.compile may not be in the checkout
+        assert r["code"] == (0 if r["argv"][1] == "--help" else 2) or missing, r
+
 
 def test_train_speed_harness_cpu_smoke(tmp_path):
     proc = subprocess.run(
