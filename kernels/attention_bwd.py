@@ -26,9 +26,9 @@ from .attention_fwd import (
     _store_tile,
     dot_precision,
     ensure_allocator,
-    lse_strides,
+    named_lse_strides,
+    named_strides,
     seq_bucket,
-    strides3,
     use_autotune,
     use_tma,
 )
@@ -54,7 +54,8 @@ def _attn_bwd_preprocess(
     VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    """delta = rowsum(dO * O) in fp32 for one (query block, head, sequence)."""
+    """delta = rowsum(dO * O) in fp32 for one (query block of ``BLOCK_M`` rows, head, sequence); grid
+    ``(cdiv(max_seqlen, BLOCK_M), q heads, sequences)``, one ``BLOCK_M x BLOCK_D`` tile of O and dO each."""
     start_m = tl.program_id(0) * BLOCK_M
     off_h = tl.program_id(1)
     off_b = tl.program_id(2)
@@ -126,6 +127,7 @@ def _attn_bwd_dkdv_inner(
     offs_m0 = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
+        # -- load the Q and dO tiles and their rows' lse2 / delta --
         q = _load_tile(q_src, start_m, seqlen, stride_qs, offs_d, HEAD_DIM, BLOCK_M, BLOCK_D, USE_TMA, MASK)
         do = _load_tile(
             do_src, start_m, seqlen, stride_dos, offs_d, HEAD_DIM, BLOCK_M, BLOCK_D, USE_TMA, MASK
@@ -137,6 +139,7 @@ def _attn_bwd_dkdv_inner(
         else:
             lse = tl.load(lse_base + offs_m)
             delta = tl.load(delta_base + offs_m)
+        # -- recompute p^T from the saved lse2 --
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
         pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
         if MASK:
@@ -144,6 +147,7 @@ def _attn_bwd_dkdv_inner(
             if CAUSAL:
                 valid = valid & (offs_m[None, :] >= offs_n[:, None])
             pT = tl.where(valid, pT, 0.0)
+        # -- compute dp^T = v dO^T, apply the dropout mask to p^T and dp^T --
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         if DROPOUT:
             keep = _dropout_keep(seed, off_bh, offs_m[None, :], offs_n[:, None], MAXS, dropout_p)
@@ -152,7 +156,9 @@ def _attn_bwd_dkdv_inner(
             dpT = tl.where(keep, dpT * rp, 0.0)
         else:
             pdT = pT
+        # -- dv += p^T dO --
         dv = tl.dot(pdT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        # -- ds^T = p^T (dp^T - delta); dk += ds^T q --
         dsT = pT * (dpT - delta[None, :])
         dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
     return dk, dv
@@ -207,13 +213,14 @@ def _attn_bwd_dkdv(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """dK, dV for one (key block of ``BLOCK_N`` rows, kv head, sequence).
+    """dK, dV for one (key block, kv head, sequence); grid ``(cdiv(max_seqlen, BLOCK_N), kv heads,
+    sequences)``.
 
-    Keeps the K/V tile and fp32 dK/dV accumulators in registers and loops over the ``GROUP`` query heads of
-    the kv head, and for each over query blocks of ``BLOCK_M`` rows: when causal, only query blocks at or
-    after
-    the key block (the ones crossing the diagonal masked, the rest unmasked); the last partial query block is
-    masked against the sequence end.
+    Tiling: the program keeps its ``BLOCK_N x BLOCK_D`` K and V tiles and the fp32 dK/dV accumulators in
+    registers and loops over the ``GROUP`` query heads of its kv head (the GQA sum happens in registers, no
+    atomics), and for each over ``BLOCK_M``-row Q/dO tiles: when causal only the query blocks at or after
+    the key block, those crossing the diagonal masked, the rest unmasked; the last partial query block is
+    masked against the sequence end. dK is scaled by ``sm_scale`` once at the end.
     """
     start_n = tl.program_id(0) * BLOCK_N
     off_kvh = tl.program_id(1)
@@ -285,30 +292,30 @@ def _attn_bwd_dkdv(
             dv,
             k,
             v,
-            q_src,
-            do_src,
-            lse_base,
-            delta_base,
-            stride_qs,
-            stride_dos,
-            offs_n,
-            offs_d,
-            lo,
-            tl.minimum(mid, seqlen),
-            seqlen,
-            qk_scale,
-            seed,
-            off_bh,
-            MAXS,
-            dropout_p,
-            HEAD_DIM,
-            BLOCK_D,
-            BLOCK_M,
-            CAUSAL,
-            True,
-            DROPOUT,
-            DOT_PREC,
-            USE_TMA,
+            q_src=q_src,
+            do_src=do_src,
+            lse_base=lse_base,
+            delta_base=delta_base,
+            stride_qs=stride_qs,
+            stride_dos=stride_dos,
+            offs_n=offs_n,
+            offs_d=offs_d,
+            lo=lo,
+            hi=tl.minimum(mid, seqlen),
+            seqlen=seqlen,
+            qk_scale=qk_scale,
+            seed=seed,
+            off_bh=off_bh,
+            MAXS=MAXS,
+            dropout_p=dropout_p,
+            HEAD_DIM=HEAD_DIM,
+            BLOCK_D=BLOCK_D,
+            BLOCK_M=BLOCK_M,
+            CAUSAL=CAUSAL,
+            MASK=True,
+            DROPOUT=DROPOUT,
+            DOT_PREC=DOT_PREC,
+            USE_TMA=USE_TMA,
         )
         # full query blocks after the diagonal: unmasked
         dk, dv = _attn_bwd_dkdv_inner(
@@ -316,30 +323,30 @@ def _attn_bwd_dkdv(
             dv,
             k,
             v,
-            q_src,
-            do_src,
-            lse_base,
-            delta_base,
-            stride_qs,
-            stride_dos,
-            offs_n,
-            offs_d,
-            mid,
-            full_end,
-            seqlen,
-            qk_scale,
-            seed,
-            off_bh,
-            MAXS,
-            dropout_p,
-            HEAD_DIM,
-            BLOCK_D,
-            BLOCK_M,
-            CAUSAL,
-            False,
-            DROPOUT,
-            DOT_PREC,
-            USE_TMA,
+            q_src=q_src,
+            do_src=do_src,
+            lse_base=lse_base,
+            delta_base=delta_base,
+            stride_qs=stride_qs,
+            stride_dos=stride_dos,
+            offs_n=offs_n,
+            offs_d=offs_d,
+            lo=mid,
+            hi=full_end,
+            seqlen=seqlen,
+            qk_scale=qk_scale,
+            seed=seed,
+            off_bh=off_bh,
+            MAXS=MAXS,
+            dropout_p=dropout_p,
+            HEAD_DIM=HEAD_DIM,
+            BLOCK_D=BLOCK_D,
+            BLOCK_M=BLOCK_M,
+            CAUSAL=CAUSAL,
+            MASK=False,
+            DROPOUT=DROPOUT,
+            DOT_PREC=DOT_PREC,
+            USE_TMA=USE_TMA,
         )
         # last partial query block: masked
         dk, dv = _attn_bwd_dkdv_inner(
@@ -347,30 +354,30 @@ def _attn_bwd_dkdv(
             dv,
             k,
             v,
-            q_src,
-            do_src,
-            lse_base,
-            delta_base,
-            stride_qs,
-            stride_dos,
-            offs_n,
-            offs_d,
-            tl.maximum(mid, full_end),
-            seqlen,
-            seqlen,
-            qk_scale,
-            seed,
-            off_bh,
-            MAXS,
-            dropout_p,
-            HEAD_DIM,
-            BLOCK_D,
-            BLOCK_M,
-            CAUSAL,
-            True,
-            DROPOUT,
-            DOT_PREC,
-            USE_TMA,
+            q_src=q_src,
+            do_src=do_src,
+            lse_base=lse_base,
+            delta_base=delta_base,
+            stride_qs=stride_qs,
+            stride_dos=stride_dos,
+            offs_n=offs_n,
+            offs_d=offs_d,
+            lo=tl.maximum(mid, full_end),
+            hi=seqlen,
+            seqlen=seqlen,
+            qk_scale=qk_scale,
+            seed=seed,
+            off_bh=off_bh,
+            MAXS=MAXS,
+            dropout_p=dropout_p,
+            HEAD_DIM=HEAD_DIM,
+            BLOCK_D=BLOCK_D,
+            BLOCK_M=BLOCK_M,
+            CAUSAL=CAUSAL,
+            MASK=True,
+            DROPOUT=DROPOUT,
+            DOT_PREC=DOT_PREC,
+            USE_TMA=USE_TMA,
         )
     dk = dk * sm_scale
     dk_dst = _make_src(
@@ -432,8 +439,10 @@ def _attn_bwd_dq_inner(
     """Accumulate dQ of one query block over key blocks ``[lo, hi)``."""
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
+        # -- load the K and V tiles --
         k = _load_tile(k_src, start_n, seqlen, stride_ks, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D, USE_TMA, MASK)
         v = _load_tile(v_src, start_n, seqlen, stride_vs, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D, USE_TMA, MASK)
+        # -- recompute p from the saved lse2 --
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         if MASK:
@@ -442,10 +451,12 @@ def _attn_bwd_dq_inner(
             if CAUSAL:
                 valid = valid & (offs_m[:, None] >= offs_n[None, :])
             p = tl.where(valid, p, 0.0)
+        # -- compute dp = dO v^T (dropped and rescaled like p in the forward) --
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         if DROPOUT:
             keep = _dropout_keep(seed, off_bh, offs_m[:, None], (start_n + offs_n0)[None, :], MAXS, dropout_p)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        # -- ds = p (dp - delta); dq += ds k --
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
     return dq
@@ -496,8 +507,12 @@ def _attn_bwd_dq(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """dQ for one (query block of ``BLOCK_M`` rows, q head, sequence), streaming ``BLOCK_N``-row K/V tiles of
-    kv head ``q_head // GROUP`` with the same unmasked/masked split as the forward kernel."""
+    """dQ for one (query block, q head, sequence); grid ``(cdiv(max_seqlen, BLOCK_M), q heads, sequences)``.
+
+    Tiling: the program keeps its ``BLOCK_M x BLOCK_D`` Q and dO tiles, their rows' lse2/delta and the fp32
+    dQ accumulator in registers and streams ``BLOCK_N``-row K/V tiles of kv head ``q_head // GROUP`` with
+    the same unmasked/masked split as the forward kernel.
+    """
     num_m = tl.num_programs(0)
     pid_m = tl.program_id(0)
     if CAUSAL:
@@ -563,63 +578,65 @@ def _attn_bwd_dq(
     else:
         full_hi = (seqlen // BLOCK_N) * BLOCK_N
         hi = seqlen
+    # key blocks every row of the tile sees in full: no masks
     dq = _attn_bwd_dq_inner(
         dq,
         q,
         do,
         lse,
         delta,
-        k_src,
-        v_src,
-        stride_ks,
-        stride_vs,
-        offs_m,
-        offs_d,
-        0,
-        full_hi,
-        seqlen,
-        qk_scale,
-        seed,
-        off_bh,
-        MAXS,
-        dropout_p,
-        HEAD_DIM,
-        BLOCK_D,
-        BLOCK_N,
-        CAUSAL,
-        False,
-        DROPOUT,
-        DOT_PREC,
-        USE_TMA,
+        k_src=k_src,
+        v_src=v_src,
+        stride_ks=stride_ks,
+        stride_vs=stride_vs,
+        offs_m=offs_m,
+        offs_d=offs_d,
+        lo=0,
+        hi=full_hi,
+        seqlen=seqlen,
+        qk_scale=qk_scale,
+        seed=seed,
+        off_bh=off_bh,
+        MAXS=MAXS,
+        dropout_p=dropout_p,
+        HEAD_DIM=HEAD_DIM,
+        BLOCK_D=BLOCK_D,
+        BLOCK_N=BLOCK_N,
+        CAUSAL=CAUSAL,
+        MASK=False,
+        DROPOUT=DROPOUT,
+        DOT_PREC=DOT_PREC,
+        USE_TMA=USE_TMA,
     )
+    # the diagonal block(s) when causal and the last partial key block: masked
     dq = _attn_bwd_dq_inner(
         dq,
         q,
         do,
         lse,
         delta,
-        k_src,
-        v_src,
-        stride_ks,
-        stride_vs,
-        offs_m,
-        offs_d,
-        full_hi,
-        hi,
-        seqlen,
-        qk_scale,
-        seed,
-        off_bh,
-        MAXS,
-        dropout_p,
-        HEAD_DIM,
-        BLOCK_D,
-        BLOCK_N,
-        CAUSAL,
-        True,
-        DROPOUT,
-        DOT_PREC,
-        USE_TMA,
+        k_src=k_src,
+        v_src=v_src,
+        stride_ks=stride_ks,
+        stride_vs=stride_vs,
+        offs_m=offs_m,
+        offs_d=offs_d,
+        lo=full_hi,
+        hi=hi,
+        seqlen=seqlen,
+        qk_scale=qk_scale,
+        seed=seed,
+        off_bh=off_bh,
+        MAXS=MAXS,
+        dropout_p=dropout_p,
+        HEAD_DIM=HEAD_DIM,
+        BLOCK_D=BLOCK_D,
+        BLOCK_N=BLOCK_N,
+        CAUSAL=CAUSAL,
+        MASK=True,
+        DROPOUT=DROPOUT,
+        DOT_PREC=DOT_PREC,
+        USE_TMA=USE_TMA,
     )
     dq = dq * sm_scale
     dq_dst = _make_src(
@@ -705,7 +722,6 @@ def attn_bwd(
     group = hq // hkv
     block_d = max(16, triton.next_power_of_2(d))
     cu = cu_seqlens if varlen else q
-    sl = lse_strides(lse, varlen)
     assert delta.stride() == lse.stride()
     tma = use_tma(q, k, v, do, dq, dk, dv)
     meta = dict(
@@ -721,80 +737,54 @@ def attn_bwd(
         ensure_allocator(q.device)
     pre_bm = 64 if use_autotune(q.device) else 16
     _attn_bwd_preprocess[(triton.cdiv(max_seqlen, pre_bm), hq, nbatch)](
-        out,
-        do,
-        delta,
-        cu,
-        *strides3(out, varlen),
-        *strides3(do, varlen),
-        *sl,
-        seqlen,
+        Out=out,
+        DO=do,
+        DELTA=delta,
+        CU_SEQLENS=cu,
+        **named_strides("o", out, varlen),
+        **named_strides("do", do, varlen),
+        **named_lse_strides(lse, varlen),
+        SEQLEN=seqlen,
         HEAD_DIM=d,
         BLOCK_D=block_d,
         VARLEN=varlen,
         BLOCK_M=pre_bm,
     )
-    bucket = seq_bucket(max_seqlen)
-    dkdv_args = (
-        q,
-        k,
-        v,
-        do,
-        dk,
-        dv,
-        lse,
-        delta,
-        cu,
-        sm_scale,
-        seed,
-        dropout_p,
-        *strides3(q, varlen),
-        *strides3(k, varlen),
-        *strides3(v, varlen),
-        *strides3(do, varlen),
-        *strides3(dk, varlen),
-        *strides3(dv, varlen),
-        *sl,
-        seqlen,
-        hq,
-        group,
-        max_seqlen,
-        bucket,
+    shared = dict(
+        Q=q,
+        K=k,
+        V=v,
+        DO=do,
+        LSE=lse,
+        DELTA=delta,
+        CU_SEQLENS=cu,
+        sm_scale=sm_scale,
+        seed=seed,
+        dropout_p=dropout_p,
+        **named_strides("q", q, varlen),
+        **named_strides("k", k, varlen),
+        **named_strides("v", v, varlen),
+        **named_strides("do", do, varlen),
+        **named_lse_strides(lse, varlen),
+        SEQLEN=seqlen,
+        NUM_HEADS=hq,
+        GROUP=group,
+        MAXS=max_seqlen,
+        SEQ_BUCKET=seq_bucket(max_seqlen),
+        **meta,
     )
-    dq_args = (
-        q,
-        k,
-        v,
-        do,
-        dq,
-        lse,
-        delta,
-        cu,
-        sm_scale,
-        seed,
-        dropout_p,
-        *strides3(q, varlen),
-        *strides3(k, varlen),
-        *strides3(v, varlen),
-        *strides3(do, varlen),
-        *strides3(dq, varlen),
-        *sl,
-        seqlen,
-        hq,
-        group,
-        max_seqlen,
-        bucket,
+    dkdv_args = dict(
+        shared, DK=dk, DV=dv, **named_strides("dk", dk, varlen), **named_strides("dv", dv, varlen)
     )
+    dq_args = dict(shared, DQ=dq, **named_strides("dq", dq, varlen))
     if use_autotune(q.device):
-        _attn_bwd_dkdv_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_N"]), hkv, nbatch)](
-            *dkdv_args, **meta
-        )
-        _attn_bwd_dq_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_M"]), hq, nbatch)](*dq_args, **meta)
+        _attn_bwd_dkdv_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_N"]), hkv, nbatch)](**dkdv_args)
+        _attn_bwd_dq_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_M"]), hq, nbatch)](**dq_args)
     else:
         c = INTERPRET_BWD_CONFIG
         _attn_bwd_dkdv[(triton.cdiv(max_seqlen, c["DKDV_BLOCK_N"]), hkv, nbatch)](
-            *dkdv_args, **meta, BLOCK_M=c["DKDV_BLOCK_M"], BLOCK_N=c["DKDV_BLOCK_N"]
+            **dkdv_args, BLOCK_M=c["DKDV_BLOCK_M"], BLOCK_N=c["DKDV_BLOCK_N"]
         )
         _attn_bwd_dq[(triton.cdiv(max_seqlen, c["DQ_BLOCK_M"]), hq, nbatch)](
-            *dq_args, **meta, BLOCK_M=c["DQ_BLOCK_M"], BLOCK_N=c["DQ_BLOCK_N"]
+            **dq_args, BLOCK_M=c["DQ_BLOCK_M"], BLOCK_N=c["DQ_BLOCK_N"]
         )

@@ -155,11 +155,14 @@ def _attn_fwd_inner(
     DOT_PREC: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
-    """Online-softmax sweep over key blocks ``[lo, hi)``; ``MASK`` adds the causal and key-bound masks."""
+    """Online-softmax sweep of one query tile over key blocks ``[lo, hi)``; ``MASK`` adds the causal and
+    key-bound masks (only the diagonal and last partial blocks need them)."""
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
+        # -- load the K and V tiles --
         k = _load_tile(k_src, start_n, seqlen, stride_ks, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D, USE_TMA, MASK)
         v = _load_tile(v_src, start_n, seqlen, stride_vs, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D, USE_TMA, MASK)
+        # -- compute qk (base-2 units) --
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         if MASK:
             offs_n = start_n + offs_n0
@@ -167,14 +170,17 @@ def _attn_fwd_inner(
             if CAUSAL:
                 valid = valid & (offs_m[:, None] >= offs_n[None, :])
             qk = tl.where(valid, qk, float("-inf"))
+        # -- update m_i and l_i --
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
+        # -- rescale acc, apply dropout to p --
         acc = acc * alpha[:, None]
         if DROPOUT:
             keep = _dropout_keep(seed, off_bh, offs_m[:, None], (start_n + offs_n0)[None, :], MAXS, dropout_p)
             p = tl.where(keep, p, 0.0)
+        # -- acc += p v --
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
@@ -220,15 +226,16 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """O = softmax(scale * Q K^T [+ causal mask]) V for one (query block, q head, sequence).
+    """O = softmax(scale * Q K^T [+ causal mask]) V, and lse2 = log2-sum-exp of the scores, for one
+    (query block, q head, sequence); grid ``(cdiv(max_seqlen, BLOCK_M), q heads, sequences)``.
 
-    Tiling: the program keeps a ``BLOCK_M x BLOCK_D`` query tile in registers and streams
-    ``BLOCK_N x BLOCK_D`` K/V tiles of kv head ``q_head // GROUP`` (TMA descriptors on Hopper, masked pointer
-    loads otherwise), keeping
-    the running max ``m``, running sum ``l`` and the un-normalised ``BLOCK_M x BLOCK_D`` accumulator in fp32
-    (online softmax). Key blocks fully inside the sequence (and, when causal, fully below the diagonal) run
-    without score masks; only the last partial block and the diagonal blocks are masked. Writes O (input
-    dtype) and ``lse2`` (fp32) for the rows of the block that lie inside the sequence.
+    Tiling: the program keeps one ``BLOCK_M x BLOCK_D`` query tile in registers and streams ``BLOCK_N x
+    BLOCK_D`` K/V tiles of kv head ``q_head // GROUP`` (TMA descriptors on Hopper+, masked pointer loads
+    otherwise), carrying the running max ``m_i``, running sum ``l_i`` and the un-normalised ``BLOCK_M x
+    BLOCK_D`` accumulator in fp32 (online softmax). Key blocks fully inside the sequence (and, when causal,
+    fully below the diagonal) run without score masks; only the diagonal and last partial blocks are masked.
+    Causal launches run the heaviest (last) query blocks first. Writes O (input dtype) and ``lse2`` (fp32)
+    for the rows of the block that lie inside the sequence.
     """
     num_m = tl.num_programs(0)
     pid_m = tl.program_id(0)
@@ -289,61 +296,63 @@ def _attn_fwd_kernel(
     else:
         full_hi = (seqlen // BLOCK_N) * BLOCK_N
         hi = seqlen
+    # key blocks every row of the tile sees in full: no masks
     acc, l_i, m_i = _attn_fwd_inner(
         acc,
         l_i,
         m_i,
         q,
-        k_src,
-        v_src,
-        stride_ks,
-        stride_vs,
-        offs_m,
-        offs_d,
-        0,
-        full_hi,
-        seqlen,
-        qk_scale,
-        seed,
-        off_bh,
-        MAXS,
-        dropout_p,
-        HEAD_DIM,
-        BLOCK_D,
-        BLOCK_N,
-        CAUSAL,
-        False,
-        DROPOUT,
-        DOT_PREC,
-        USE_TMA,
+        k_src=k_src,
+        v_src=v_src,
+        stride_ks=stride_ks,
+        stride_vs=stride_vs,
+        offs_m=offs_m,
+        offs_d=offs_d,
+        lo=0,
+        hi=full_hi,
+        seqlen=seqlen,
+        qk_scale=qk_scale,
+        seed=seed,
+        off_bh=off_bh,
+        MAXS=MAXS,
+        dropout_p=dropout_p,
+        HEAD_DIM=HEAD_DIM,
+        BLOCK_D=BLOCK_D,
+        BLOCK_N=BLOCK_N,
+        CAUSAL=CAUSAL,
+        MASK=False,
+        DROPOUT=DROPOUT,
+        DOT_PREC=DOT_PREC,
+        USE_TMA=USE_TMA,
     )
+    # the diagonal block(s) when causal and the last partial key block: masked
     acc, l_i, m_i = _attn_fwd_inner(
         acc,
         l_i,
         m_i,
         q,
-        k_src,
-        v_src,
-        stride_ks,
-        stride_vs,
-        offs_m,
-        offs_d,
-        full_hi,
-        hi,
-        seqlen,
-        qk_scale,
-        seed,
-        off_bh,
-        MAXS,
-        dropout_p,
-        HEAD_DIM,
-        BLOCK_D,
-        BLOCK_N,
-        CAUSAL,
-        True,
-        DROPOUT,
-        DOT_PREC,
-        USE_TMA,
+        k_src=k_src,
+        v_src=v_src,
+        stride_ks=stride_ks,
+        stride_vs=stride_vs,
+        offs_m=offs_m,
+        offs_d=offs_d,
+        lo=full_hi,
+        hi=hi,
+        seqlen=seqlen,
+        qk_scale=qk_scale,
+        seed=seed,
+        off_bh=off_bh,
+        MAXS=MAXS,
+        dropout_p=dropout_p,
+        HEAD_DIM=HEAD_DIM,
+        BLOCK_D=BLOCK_D,
+        BLOCK_N=BLOCK_N,
+        CAUSAL=CAUSAL,
+        MASK=True,
+        DROPOUT=DROPOUT,
+        DOT_PREC=DOT_PREC,
+        USE_TMA=USE_TMA,
     )
 
     inv_l = 1.0 / l_i
@@ -520,28 +529,26 @@ def attn_fwd(q, k, v, out, lse, cu_seqlens, seqlen, nbatch, max_seqlen, causal, 
     hkv = k.shape[-2]
     block_d = max(16, triton.next_power_of_2(d))
     tma = use_tma(q, k, v, out)
-    args = (
-        q,
-        k,
-        v,
-        out,
-        lse,
-        cu_seqlens if varlen else q,
-        sm_scale,
-        seed,
-        dropout_p,
-        *strides3(q, varlen),
-        *strides3(k, varlen),
-        *strides3(v, varlen),
-        *strides3(out, varlen),
-        *lse_strides(lse, varlen),
-        seqlen,
-        hq,
-        hq // hkv,
-        max_seqlen,
-        seq_bucket(max_seqlen),
-    )
-    meta = dict(
+    args = dict(
+        Q=q,
+        K=k,
+        V=v,
+        Out=out,
+        LSE=lse,
+        CU_SEQLENS=cu_seqlens if varlen else q,
+        sm_scale=sm_scale,
+        seed=seed,
+        dropout_p=dropout_p,
+        **named_strides("q", q, varlen),
+        **named_strides("k", k, varlen),
+        **named_strides("v", v, varlen),
+        **named_strides("o", out, varlen),
+        **named_lse_strides(lse, varlen),
+        SEQLEN=seqlen,
+        NUM_HEADS=hq,
+        GROUP=hq // hkv,
+        MAXS=max_seqlen,
+        SEQ_BUCKET=seq_bucket(max_seqlen),
         HEAD_DIM=d,
         BLOCK_D=block_d,
         CAUSAL=bool(causal),
@@ -554,11 +561,24 @@ def attn_fwd(q, k, v, out, lse, cu_seqlens, seqlen, nbatch, max_seqlen, causal, 
         ensure_allocator(q.device)
     if use_autotune(q.device):
         grid = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_M"]), hq, nbatch)  # noqa: E731
-        _attn_fwd_tuned[grid](*args, **meta)
+        _attn_fwd_tuned[grid](**args)
     else:
         cfg = INTERPRET_FWD_CONFIG
         grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), hq, nbatch)
-        _attn_fwd_kernel[grid](*args, **meta, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
+        _attn_fwd_kernel[grid](**args, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
+
+
+def named_strides(prefix: str, t, varlen: bool) -> dict:
+    """``stride_{prefix}b/s/h`` keyword arguments of a kernel: (batch, sequence, head) strides in elements;
+    batch stride 0 for packed varlen tensors."""
+    sb, ss, sh = strides3(t, varlen)
+    return {f"stride_{prefix}b": sb, f"stride_{prefix}s": ss, f"stride_{prefix}h": sh}
+
+
+def named_lse_strides(lse, varlen: bool) -> dict:
+    """``stride_lb`` / ``stride_lh`` keyword arguments for an LSE/delta buffer (see :func:`lse_strides`)."""
+    sb, sh = lse_strides(lse, varlen)
+    return {"stride_lb": sb, "stride_lh": sh}
 
 
 def strides3(t, varlen: bool):
@@ -581,13 +601,13 @@ def dropout_keep_mask(cu_seqlens, seqlen, nbatch, num_heads, max_seqlen, dropout
     varlen = cu_seqlens is not None
     grid = (triton.cdiv(max_seqlen, 16), num_heads, nbatch)
     _dropout_mask_kernel[grid](
-        out,
-        cu_seqlens if varlen else out,
-        seed,
-        dropout_p,
-        seqlen,
-        num_heads,
-        max_seqlen,
+        OUT=out,
+        CU_SEQLENS=cu_seqlens if varlen else out,
+        seed=seed,
+        dropout_p=dropout_p,
+        SEQLEN=seqlen,
+        NUM_HEADS=num_heads,
+        MAXS=max_seqlen,
         VARLEN=varlen,
         BLOCK_M=16,
         BLOCK_N=16,

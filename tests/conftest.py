@@ -155,3 +155,30 @@ def write_tiny_llama(directory: Path, *, texts: list[str] | None = None) -> Path
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+def interpreter_ready() -> bool:
+    """True when the Triton kernels can run on CPU here (the attention tests' skip condition).
+
+    ``triton.jit`` picks interpreter vs compiler when a function is decorated, so triton itself (and our
+    kernel modules) must have been imported with TRITON_INTERPRET=1 set. If another module imported our kernel
+    modules earlier without it, re-import them; return False if triton's own library functions are
+    compiled-mode (run pytest with TRITON_INTERPRET=1 in the environment).
+    """
+    import importlib
+
+    from kernels._backend import triton_available
+
+    if not triton_available() or os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(tl.cdiv, InterpretedFunction):
+        return False
+    from kernels import attention_bwd, attention_fwd
+
+    if not isinstance(attention_fwd._attn_fwd_kernel, InterpretedFunction):
+        importlib.reload(attention_fwd)
+        importlib.reload(attention_bwd)
+    return True

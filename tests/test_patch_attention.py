@@ -11,12 +11,10 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import copy  # noqa: E402
-import importlib  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-from kernels._backend import triton_available  # noqa: E402
+from conftest import interpreter_ready  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
@@ -26,28 +24,7 @@ ATOL = 2e-5  # fp32 end to end (the kernel multiplies in IEEE fp32 under the int
 GRAD_RTOL = 1e-4  # parameter gradients: max |diff| <= GRAD_RTOL * max |grad| + ATOL
 
 
-def _interpreter_ready() -> bool:
-    """True when Triton kernels can run on CPU here. ``triton.jit`` picks interpreter vs compiler when a
-    function is decorated, so triton itself (and our kernel modules) must have been imported with
-    TRITON_INTERPRET=1 set;
-    if another module imported them earlier without it, re-import our kernel modules, and skip if triton's own
-    library functions are compiled-mode (run pytest with TRITON_INTERPRET=1 in the environment)."""
-    if not triton_available() or os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if not isinstance(tl.cdiv, InterpretedFunction):
-        return False
-    from kernels import attention_bwd, attention_fwd
-
-    if not isinstance(attention_fwd._attn_fwd_kernel, InterpretedFunction):
-        importlib.reload(attention_fwd)
-        importlib.reload(attention_bwd)
-    return True
-
-
-INTERPRETER_READY = _interpreter_ready()
+INTERPRETER_READY = interpreter_ready()
 
 NEEDS_TRITON = pytest.mark.skipif(
     not INTERPRETER_READY,

@@ -12,16 +12,15 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import zlib  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import interpreter_ready  # noqa: E402
 
 from kernels import attention as A  # noqa: E402
-from kernels._backend import triton_available  # noqa: E402
 
 TOL = {
     torch.float32: dict(atol=2e-5, rtol=2e-5),  # fp32 inputs multiply in IEEE fp32 (input_precision="ieee")
@@ -30,28 +29,7 @@ TOL = {
 }
 
 
-def _interpreter_ready() -> bool:
-    """True when Triton kernels can run on CPU here. ``triton.jit`` picks interpreter vs compiler when a
-    function is decorated, so triton itself (and our kernel modules) must have been imported with
-    TRITON_INTERPRET=1 set;
-    if another module imported them earlier without it, re-import our kernel modules, and skip if triton's own
-    library functions are compiled-mode (run pytest with TRITON_INTERPRET=1 in the environment)."""
-    if not triton_available() or os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if not isinstance(tl.cdiv, InterpretedFunction):
-        return False
-    from kernels import attention_bwd, attention_fwd
-
-    if not isinstance(attention_fwd._attn_fwd_kernel, InterpretedFunction):
-        importlib.reload(attention_fwd)
-        importlib.reload(attention_bwd)
-    return True
-
-
-INTERPRETER_READY = _interpreter_ready()
+INTERPRETER_READY = interpreter_ready()
 needs_triton = pytest.mark.skipif(
     not INTERPRETER_READY,
     reason="Triton kernel tests need triton and TRITON_INTERPRET=1 set before triton is first imported",
