@@ -16,13 +16,14 @@ import numpy as np
 from sft.errors import InputError
 
 from .checkpoint import Checkpoint, train_setting
-from .runners import GENERATION_TASK, OrtSession, TorchModel
+from .runners import GENERATION_TASK, IMAGE_TASK, OrtSession, TorchModel
 
 BATCH = 32
 METRIC_BY_TASK = {
     "text-classification": "accuracy",
     "token-classification": "entity_f1",
     GENERATION_TASK: "next_token_accuracy",
+    IMAGE_TASK: "accuracy",
 }
 
 
@@ -43,11 +44,19 @@ class EvalSet:
 
 
 def read_eval_set(
-    path: str | Path, checkpoint: Checkpoint, text_column: str | None = None, label_column: str | None = None
+    path: str | Path,
+    checkpoint: Checkpoint,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    image_column: str | None = None,
 ) -> EvalSet:
     """Read and check the eval file before any model is loaded; its columns default to sft-train's."""
     path = str(path)
     task = checkpoint.task
+    if task == IMAGE_TASK:  # a folder per class or a table of image paths
+        from .vision import read_image_eval_set
+
+        return read_image_eval_set(path, checkpoint, label_column, image_column)
     if task == "token-classification":
         from sft.ner import read_token_data
 
@@ -101,6 +110,10 @@ def _label2id(checkpoint: Checkpoint) -> dict[str, int]:
 
 
 def score_torch(eval_set: EvalSet, reference: TorchModel) -> float:
+    if eval_set.task == IMAGE_TASK:
+        from .vision import image_accuracy
+
+        return image_accuracy(eval_set, lambda images: reference.logits(reference.encode_images(images)))
     if eval_set.task == "text-classification":
         return _accuracy(eval_set, lambda texts: reference.logits(reference.encode(texts)[0]))
     return _feeds_metric(eval_set, reference, reference.logits)
@@ -108,7 +121,12 @@ def score_torch(eval_set: EvalSet, reference: TorchModel) -> float:
 
 def score_onnx(eval_set: EvalSet, reference: TorchModel, variant: Path) -> float:
     """The metric of the ONNX model in a variant directory: text-classification through serve's
-    TextClassifier (serve's tokenizer), the other tasks on the reference's tokenization."""
+    TextClassifier (serve's tokenizer), images through serve's numpy preprocessing, the other tasks on the
+    reference's tokenization."""
+    if eval_set.task == IMAGE_TASK:
+        from .vision import image_accuracy, onnx_logits_of_images
+
+        return image_accuracy(eval_set, onnx_logits_of_images(variant))
     if eval_set.task == "text-classification":
         from serve.runtime import TextClassifier
 

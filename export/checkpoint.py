@@ -14,7 +14,7 @@ from typing import Any
 
 from sft.errors import InputError
 
-TASKS = ("text-classification", "token-classification", "text-generation-with-past")
+TASKS = ("text-classification", "token-classification", "text-generation-with-past", "image-classification")
 TASK_ALIASES = {  # sft-train's task names, and Optimum's name for a decoder without the "-with-past"
     "sequence-classification": "text-classification",
     "causal-lm": "text-generation-with-past",
@@ -24,12 +24,15 @@ TASK_BY_ARCHITECTURE_SUFFIX = {
     "ForSequenceClassification": "text-classification",
     "ForTokenClassification": "token-classification",
     "ForCausalLM": "text-generation-with-past",
+    "ForImageClassification": "image-classification",
 }
 TASK_BY_PEFT_TYPE = {
     "SEQ_CLS": "text-classification",
     "TOKEN_CLS": "token-classification",
     "CAUSAL_LM": "text-generation-with-past",
 }
+IMAGE_TASK = "image-classification"
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -65,8 +68,9 @@ def inspect_checkpoint(path: str | Path, task: str | None = None) -> Checkpoint:
         return _inspect_adapter(path, task)
     config = _read_config(path)
     _check_weights(path, WEIGHT_FILES, "model weights (model.safetensors)")
-    _require_tokenizer(path)
-    return Checkpoint(path, config, resolve_task(path, config, task), tokenizer_dir=path)
+    task = resolve_task(path, config, task)
+    _require_preprocessing(path, task)
+    return Checkpoint(path, config, task, tokenizer_dir=path)
 
 
 def _inspect_adapter(path: Path, task: str | None) -> Checkpoint:
@@ -82,13 +86,15 @@ def _inspect_adapter(path: Path, task: str | None) -> Checkpoint:
     _check_weights(base, WEIGHT_FILES, "model weights (model.safetensors)")
     if (path / "config.json").is_file():  # e.g. the labels of the head trained with the adapter
         config = {**config, **_read_json(path / "config.json")}
-    tokenizer_dir = path if (path / "tokenizer.json").is_file() else base
-    _require_tokenizer(tokenizer_dir, also_looked_in=path if tokenizer_dir != path else None)
     peft_task = TASK_BY_PEFT_TYPE.get(adapter_config.get("task_type") or "")
+    task = resolve_task(path, config, task or peft_task)
+    wanted = IMAGE_PROCESSOR_FILE if task == IMAGE_TASK else "tokenizer.json"
+    tokenizer_dir = path if (path / wanted).is_file() else base
+    _require_preprocessing(tokenizer_dir, task, also_looked_in=path if tokenizer_dir != path else None)
     return Checkpoint(
         path,
         config,
-        resolve_task(path, config, task or peft_task),
+        task,
         tokenizer_dir=tokenizer_dir,
         base=base,
         adapter_config=adapter_config,
@@ -122,6 +128,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
     return data
+
+
+def _require_preprocessing(path: Path, task: str, also_looked_in: Path | None = None) -> None:
+    """tokenizer.json for the text tasks, the image processor's preprocessor_config.json for images."""
+    if task != IMAGE_TASK:
+        _require_tokenizer(path, also_looked_in)
+    elif not (path / IMAGE_PROCESSOR_FILE).is_file():
+        where = f"{also_looked_in} or {path}" if also_looked_in else str(path)
+        raise InputError(f"{where}: no {IMAGE_PROCESSOR_FILE} (the image processor's settings)")
 
 
 def _require_tokenizer(path: Path, also_looked_in: Path | None = None) -> None:

@@ -19,6 +19,7 @@ AUTO_MODEL_BY_TASK = {
     "text-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
     "text-generation-with-past": "AutoModelForCausalLM",
+    "image-classification": "AutoModelForImageClassification",
 }
 # Tokenizer and generation files that travel with a merged LoRA model (whichever exist).
 SIDE_FILES = (
@@ -33,6 +34,7 @@ SIDE_FILES = (
     "chat_template.jinja",
     "generation_config.json",
     "train_config.yaml",
+    "preprocessor_config.json",
 )
 
 

@@ -30,6 +30,7 @@ from .convert import (
     quantize_int8,
 )
 from .manifest import build_manifest, seal
+from .runners import IMAGE_TASK
 from .validate import OutputDiff, ValidationError, check_tolerance, compare, validation_texts
 
 FP32_KEPT_NAME = "model_fp32.onnx"
@@ -61,6 +62,7 @@ def export_onnx(
     eval_file: str | Path | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
+    image_column: str | None = None,
     max_accuracy_drop: float = 1.0,
     triton_repo: str | Path | None = None,
     keep_fp32: bool = False,
@@ -75,10 +77,12 @@ def export_onnx(
     if eval_file is not None:
         from .accuracy import read_eval_set
 
-        eval_set = read_eval_set(eval_file, ckpt, text_column, label_column)
+        eval_set = read_eval_set(eval_file, ckpt, text_column, label_column, image_column)
     check_output_dir(output, marker="manifest.json")
     triton_name = None
     if triton_repo is not None:
+        if ckpt.task == IMAGE_TASK:
+            raise InputError("--triton-repo: the Triton entry is made for text models only")
         from .triton import check_repo, model_name
 
         triton_name = model_name(output)
@@ -182,11 +186,16 @@ def _build(
 
     fp32 = _variant(scratch / "fp32", source / "model.onnx", model_dir, ckpt, task, max_length)
     reference = TorchModel(model_dir, task, max_length)
-    texts = texts or validation_texts(
-        model_dir / "tokenizer.json", eval_set.texts if eval_set else None, max_length
-    )
-    say(f"validating against PyTorch on {len(texts)} texts")
-    diffs = compare(task, reference, fp32, texts)
+    if task == IMAGE_TASK:  # `texts` are images here
+        from .vision import validation_images
+
+        texts = validation_images(eval_set)
+    else:
+        texts = texts or validation_texts(
+            model_dir / "tokenizer.json", eval_set.texts if eval_set else None, max_length
+        )
+    say(f"validating against PyTorch on {len(texts)} {'images' if task == IMAGE_TASK else 'texts'}")
+    diffs = _compare(task, reference, fp32, texts)
     check_tolerance(diffs, atol, str(ckpt.path), len(texts))
     validation: dict[str, Any] = {
         "atol": atol,
@@ -206,7 +215,7 @@ def _build(
             scratch / "int8", scratch / "int8-optimum" / "model.onnx", model_dir, ckpt, task, max_length
         )
         quantization = {"dtype": "int8", "method": "dynamic", "per_channel": True, "instruction_set": isa}
-        int8_diffs = compare(task, reference, final, texts)
+        int8_diffs = _compare(task, reference, final, texts)
         validation["int8"] = {
             "max_abs_diff": max(d.max_abs for d in int8_diffs),
             "outputs": {d.name: d.as_dict() for d in int8_diffs},
@@ -220,13 +229,13 @@ def _build(
         if quantize:
             _check_accuracy_drop(models, eval_set, max_accuracy_drop)
 
-    for name in ("tokenizer.json", "config.json", "generation_config.json"):
+    for name in ("tokenizer.json", "config.json", "generation_config.json", "preprocessor_config.json"):
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, work / name)
     shutil.copy2(final / "model.onnx", work / "model.onnx")
     if quantize and keep_fp32:
         shutil.copy2(fp32 / "model.onnx", work / FP32_KEPT_NAME)
-    manifest = build_manifest(work, ckpt, task, max_length)
+    manifest = _manifest(work, ckpt, task, max_length)
     manifest.update(
         optimization={"level": optimize} if optimize else None,
         quantization=quantization,
@@ -258,11 +267,28 @@ def _variant(
     """A bundle-shaped directory for one ONNX file, so serve's runtime can load it for validation."""
     directory.mkdir()
     os.replace(onnx_file, directory / "model.onnx")
-    for name in ("tokenizer.json", "config.json"):
-        shutil.copy2(model_dir / name, directory / name)
-    manifest = build_manifest(directory, ckpt, task, max_length)
+    for name in ("tokenizer.json", "config.json", "preprocessor_config.json"):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, directory / name)
+    manifest = _manifest(directory, ckpt, task, max_length)
     write_json(directory / "manifest.json", {**manifest, "sha256": {}})
     return directory
+
+
+def _manifest(directory: Path, ckpt: Checkpoint, task: str, max_length: int) -> dict[str, Any]:
+    if task == IMAGE_TASK:
+        from .vision import image_manifest
+
+        return image_manifest(directory, ckpt)
+    return build_manifest(directory, ckpt, task, max_length)
+
+
+def _compare(task: str, reference, variant: Path, inputs: list) -> list[OutputDiff]:
+    if task == IMAGE_TASK:
+        from .vision import compare_images
+
+        return compare_images(reference, variant, inputs)
+    return compare(task, reference, variant, inputs)
 
 
 def _model_rows(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 GENERATION_TASK = "text-generation-with-past"
+IMAGE_TASK = "image-classification"
 
 
 class TorchModel:
@@ -26,8 +27,14 @@ class TorchModel:
 
         self.task, self.max_length = task, max_length
         with quiet():
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
             self.model = auto_model_class(task).from_pretrained(model_dir, dtype=torch.float32).eval()
+            if task == IMAGE_TASK:  # pixel_values come from the checkpoint's image processor
+                from transformers import AutoImageProcessor
+
+                self.processor = AutoImageProcessor.from_pretrained(model_dir)
+                self.accepts = {"pixel_values"}
+                return
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "right"
         if self.tokenizer.pad_token is None:  # common for decoders; padded positions are masked anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -51,6 +58,11 @@ class TorchModel:
         if generation:
             feeds["position_ids"] = position_ids(feeds["attention_mask"])
         return feeds, enc
+
+    def encode_images(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+        """RGB PIL images -> {"pixel_values"} through the transformers image processor."""
+        pixels = self.processor(images=list(images), return_tensors="np")["pixel_values"]
+        return {"pixel_values": np.asarray(pixels, dtype=np.float32)}
 
     def forward(self, feeds: dict[str, np.ndarray], past: Any = None):
         import torch

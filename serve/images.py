@@ -257,6 +257,40 @@ def list_images(path: str | Path) -> list[Path]:
     return files
 
 
+def read_image_bundle(path: str | Path, *, verify: bool = True):
+    """An image-classification bundle's manifest, checked: the task, the labels, the files and their sha256.
+    (serve/bundle.py's reader covers the text tasks, whose bundles carry tokenizer.json and max_length.)"""
+    from .bundle import SUPPORTED_FORMAT, Bundle, verify_files
+
+    path = Path(path)
+    where = path / "manifest.json"
+    try:
+        manifest = json.loads(where.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ServeError(
+            f"{path}: not a bundle (no manifest.json; make one with sft-export --onnx)"
+        ) from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ServeError(f"{where}: unreadable ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("task") != ImageClassifier.task:
+        raise ServeError(f"{where}: not an image-classification bundle")
+    if manifest.get("format") != SUPPORTED_FORMAT:
+        raise ServeError(f"{where}: bundle format {manifest.get('format')!r} is not supported")
+    labels = manifest.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ServeError(f"{where}: field 'labels' must be a non-empty list of strings")
+    sha = manifest.get("sha256")
+    if not isinstance(sha, dict):
+        raise ServeError(f"{where}: field 'sha256' must map file names to hex digests")
+    for name in {*sha, "model.onnx", PREPROCESSOR_FILE}:
+        if not (path / name).is_file():
+            raise ServeError(f"{path / name}: missing from the bundle")
+    bundle = Bundle(path, manifest)
+    if verify:
+        verify_files(bundle)
+    return bundle
+
+
 class ImageClassifier:
     """An image-classification bundle: model.onnx + preprocessor_config.json + the manifest's labels.
 
@@ -267,10 +301,9 @@ class ImageClassifier:
     def __init__(
         self, bundle_dir: str | Path, *, threads: int | None = None, device: str = "auto", verify: bool = True
     ):
-        from .bundle import load_bundle
         from .session import OnnxModel
 
-        self.bundle = load_bundle(bundle_dir, verify=verify)
+        self.bundle = read_image_bundle(bundle_dir, verify=verify)
         self.labels = list(self.bundle.labels)
         self.preprocess = ImagePreprocessor.from_dir(bundle_dir)
         self.model = OnnxModel(Path(bundle_dir) / "model.onnx", threads=threads, device=device)
