@@ -6,11 +6,16 @@ early-stopping
 bookkeeping. Each checkpoint is written to a temporary directory and renamed, so a kill -9 at any
 moment leaves either the previous checkpoint or the new one, never half of one. The data position is
 the step count: the batch order is a pure function of the seed.
+
+States are read back with `torch.load(weights_only=True)`: a run directory is a place anyone could drop a
+file into, and a full unpickler would run whatever it names. So a state holds only tensors and plain
+Python values (the numpy RNG state is kept as a list of ints), and anything else is refused.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -20,7 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import InputError
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# Version of the state layout; a state without it (or with another) was written by an older sft-train.
+STATE_FORMAT = 2
 
 
 def run_dir_for(output: Path) -> Path:
@@ -28,15 +38,23 @@ def run_dir_for(output: Path) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),  # (version, tuple of ints, gauss_next)
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached_gaussian)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -47,7 +65,7 @@ def save_state(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) 
     tmp = run_dir / f".step-{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({**state, "step": step}, tmp / "state.pt")
+    torch.save({**state, "step": step, "format": STATE_FORMAT}, tmp / "state.pt")
     with open(tmp / "state.pt", "rb") as f:
         os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)
@@ -66,6 +84,32 @@ def list_states(run_dir: Path) -> list[Path]:
 
 def load_latest(run_dir: Path) -> dict[str, Any] | None:
     states = list_states(run_dir)
-    if not states:
-        return None
-    return torch.load(states[-1] / "state.pt", map_location="cpu", weights_only=False)
+    return load_state(states[-1] / "state.pt") if states else None
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read one resumable state with the weights-only unpickler; anything else is an InputError."""
+    start_over = "pass --no-resume to start over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _UNSUPPORTED_GLOBAL.search(str(e))
+        name = found.group(1) if found else str(e).strip().splitlines()[0]
+        if name.startswith("numpy."):  # states before STATE_FORMAT 2 pickled the numpy RNG state
+            raise InputError(
+                f"{path}: a state saved by an older sft-train (it holds {name}); {start_over}"
+            ) from None
+        raise InputError(
+            f"{path}: not a resumable state saved by sft-train (it holds {name}, which is not "
+            f"loaded); {start_over}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise InputError(
+            f"{path}: not a resumable state saved by sft-train (unreadable: {str(e).splitlines()[0]}); "
+            f"{start_over}"
+        ) from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a resumable state saved by sft-train (no state dict); {start_over}")
+    if state.get("format") != STATE_FORMAT:
+        raise InputError(f"{path}: a state saved by an older sft-train; {start_over}")
+    return state
