@@ -51,6 +51,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     label_smoothing: float = 0.0
+    class_weights: str | None = None  # balanced | W1,W2,... (per class, in label order)
     dropout: float | None = None
     precision: str = "fp32"
     gradient_checkpointing: bool = False
@@ -143,6 +144,16 @@ class TrainConfig:
             raise InputError("--best-metric / --patience need --eval data")
         if self.packing and self.task != "causal-lm":
             raise InputError("--packing applies to --task causal-lm only")
+        if self.class_weights is not None:
+            parse_class_weights(self.class_weights)
+            if self.task == "causal-lm" or (
+                self.task == "sequence-classification" and self.problem_type != "single-label"
+            ):
+                what = self.task if self.task == "causal-lm" else f"--problem-type {self.problem_type}"
+                raise InputError(
+                    f"--class-weights applies to single-label sequence classification and token "
+                    f"classification, not {what}"
+                )
         if self.lora_r and self.freeze:
             raise InputError("--lora-r and --freeze do not combine: LoRA already freezes the base model")
         return self
@@ -154,6 +165,23 @@ class TrainConfig:
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # Options that change nothing about the result: a resumed run may differ in these.
 COSMETIC = {"progress", "log_every", "plots", "tensorboard", "resume"}
+
+
+def parse_class_weights(spec: str) -> str | list[float]:
+    """--class-weights: "balanced", or one positive weight per class ("1,4.5"); InputError otherwise."""
+    spec = spec.strip()
+    if spec == "balanced":
+        return spec
+    try:
+        weights = [float(w) for w in spec.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or not all(w >= 0 and w < float("inf") for w in weights) or not any(weights):
+        raise InputError(
+            f"--class-weights must be 'balanced' or comma-separated non-negative numbers (W1,W2,...), "
+            f"got {spec!r}"
+        )
+    return weights
 
 
 def _flag(name: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, parse_class_weights
 from .data import LabelMap, extract_examples, read_table
 from .errors import InputError
 from .metrics import classification_report
@@ -28,6 +28,27 @@ def make_task(cfg: TrainConfig) -> Task:
         "token-classification": TokenClassification,
         "causal-lm": CausalLM,
     }[cfg.task](cfg)
+
+
+def resolve_class_weights(
+    cfg: TrainConfig, task: Task, train_rows: list[dict[str, Any]]
+) -> list[float] | None:
+    """--class-weights as one weight per label: given, or balanced = n / (k · n_c) over the labels the loss
+    sees (training rows after --max-train-samples; for tokens, the labeled first sub-tokens). A class with
+    no examples counts as one, so its weight stays finite."""
+    if cfg.class_weights is None:
+        return None
+    spec = parse_class_weights(cfg.class_weights)
+    names = task.labels.names
+    if spec == "balanced":
+        counts = task.label_counts(train_rows)
+        n, k = sum(counts), len(counts)
+        return [n / (k * max(c, 1)) for c in counts]
+    if len(spec) != len(names):
+        raise InputError(
+            f"--class-weights: {len(spec)} weights for {len(names)} labels (in order: {', '.join(names)})"
+        )
+    return spec
 
 
 def pad_rows(rows: list[dict[str, Any]], pad_values: dict[str, int], device) -> dict[str, torch.Tensor]:
@@ -53,6 +74,7 @@ class Task:
     peft_task_type: str
     default_metric: str
     lower_is_better = ("loss", "perplexity")
+    class_weight: torch.Tensor | None = None  # per-label weights of the training loss (--class-weights)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -194,8 +216,19 @@ class SequenceClassification(Task):
         if self.problem == "multi-label":
             return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
         return cross_entropy(
-            logits, y, label_smoothing=self.cfg.label_smoothing, backend=kernels_backend, inplace=False
+            logits,
+            y,
+            weight=self.class_weight,
+            label_smoothing=self.cfg.label_smoothing,
+            backend=kernels_backend,
+            inplace=False,
         )
+
+    def label_counts(self, rows) -> list[int]:
+        counts = [0] * len(self.labels.names)
+        for r in rows:
+            counts[r["label"]] += 1
+        return counts
 
     @torch.no_grad()
     def evaluate(self, model, rows, pad_id, device, batch_size, kernels_backend):
@@ -299,11 +332,20 @@ class TokenClassification(Task):
         return cross_entropy(
             logits.flatten(0, 1),
             batch["labels"].flatten(),
+            weight=self.class_weight,
             ignore_index=-100,
             label_smoothing=self.cfg.label_smoothing,
             backend=kernels_backend,
             inplace=False,
         )
+
+    def label_counts(self, rows) -> list[int]:
+        counts = [0] * len(self.labels.names)
+        for r in rows:
+            for y in r["labels"]:
+                if y != -100:
+                    counts[y] += 1
+        return counts
 
     @torch.no_grad()
     def evaluate(self, model, rows, pad_id, device, batch_size, kernels_backend):

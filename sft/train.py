@@ -1,9 +1,13 @@
-"""The training recipe, top to bottom.
+"""The training recipe, as named stages:
 
-config -> task data (checked before any model loads) -> tokenizer + model -> strategies (dropout,
-checkpointing, freezing, LoRA, kernels) -> batches -> AdamW with per-layer groups + schedule ->
-resume from the last state if there is one -> the loop (accumulate, clip, step, unfreeze, log,
-evaluate, keep the best, stop early, save state) -> the final checkpoint, renamed into place.
+    setup -> resume -> loop (train_step, evaluate_and_keep_best, save_resumable_state) -> finish
+
+`setup` reads the task data (checked before any model loads), loads the tokenizer and model, applies the
+strategies that change the model (`prepare_model`: dropout, checkpointing, kernels, freezing, LoRA), wraps
+it for DDP/FSDP and builds AdamW with per-layer groups and the schedule. `resume` continues from the last
+saved state of an earlier run of the same command, if there is one. The loop accumulates, clips, steps,
+unfreezes, logs, evaluates, keeps the best model, stops early and saves resumable states. `finish` puts
+the best model back and writes the final checkpoint with its model card, renamed into place.
 
 The output directory appears only when training has finished. Until then the run lives in
 `.<output>.run/` beside it (resumable states, logs), which is what a rerun of the same command resumes.
@@ -12,11 +16,12 @@ The output directory appears only when training has finished. Until then the run
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +35,9 @@ from .config import COSMETIC, TrainConfig
 from .distributed import Distributed
 from .errors import InputError
 from .models import default_model_path
+from .progress import ProgressBar, RunLog, TrainingProgress
 from .strategies import GradualUnfreezer, apply_freeze, apply_lora, describe_param_groups, param_groups
-from .tasks import Task, make_task, steps_per_epoch
+from .tasks import Task, make_task, resolve_class_weights, steps_per_epoch
 
 
 @dataclass
@@ -43,15 +49,109 @@ class TrainResult:
     final_train_loss: float | None
 
 
+@dataclass
+class Run:
+    """What `setup` builds and every later stage reads."""
+
+    cfg: TrainConfig
+    dist: Distributed
+    task: Task
+    model_path: str
+    tokenizer: Any
+    model: torch.nn.Module  # the model itself: saved, evaluated, its state loaded
+    train_model: torch.nn.Module  # the same, wrapped for DDP/FSDP: called in the training step
+    unsup: Any  # the masked-LM objective of --unsup-weight for encoders, else None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    unfreezer: GradualUnfreezer | None
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]] | None
+    class_weights: list[float] | None
+    pad_id: int
+    device: torch.device
+    kernels_backend: str
+    run_dir: Path
+    steps_per_epoch: int
+    total_steps: int
+    say: Callable[[str], None]  # print on the main process only
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     cfg.validate()
-    output = Path(cfg.output)
+    run = setup(cfg)
+    progress, resumed = resume(run)
+    with RunLog(run.run_dir, enabled=run.dist.is_main, tensorboard=cfg.tensorboard) as log:
+        log.event("resume" if resumed else "start", step=progress.step, **_run_facts(run))
+        run_loop(run, progress, log)
+        metrics = restore_best(run, progress)
+        log.event("end", **_summary(progress))
+    finish(run, progress, metrics)
+    return TrainResult(Path(cfg.output), metrics, progress.step, progress.train_seconds, progress.last_loss)
+
+
+# -- setup ---------------------------------------------------------------------------------------------
+
+
+def setup(cfg: TrainConfig) -> Run:
     dist = Distributed.from_env()
     if dist.is_main:
-        check_output_dir(output, marker="train_config.yaml")
+        check_output_dir(Path(cfg.output), marker="train_config.yaml")
     seed_everything(cfg.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
+    task, model_path, tokenizer, model, train_rows, eval_rows = load_task_and_model(cfg)
+    device = dist.device()
+    kernels_backend = _kernels_backend(cfg.kernels, device)
+    model, notes = prepare_model(model, cfg, task, kernels_backend)
+    for line in notes:
+        say(line)
+    class_weights = resolve_class_weights(cfg, task, train_rows)
+    if class_weights is not None:
+        task.class_weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
+        say(
+            f"class weights ({cfg.class_weights}): "
+            + ", ".join(f"{name} {w:.4g}" for name, w in zip(task.labels.names, class_weights, strict=True))
+        )
+    unsup = _unsup_objective(cfg, model, tokenizer, model_path)
+    model.to(device)
+    if unsup is not None:
+        unsup.to(device)
+    train_model = dist.wrap(model, fsdp=cfg.fsdp)
+
+    spe = steps_per_epoch(len(train_rows), cfg.batch_size, cfg.grad_accum, dist.world)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
+    optimizer, scheduler = build_optimizer(cfg, model, unsup, total_steps, say)
+    return Run(
+        cfg=cfg,
+        dist=dist,
+        task=task,
+        model_path=model_path,
+        tokenizer=tokenizer,
+        model=model,
+        train_model=train_model,
+        unsup=unsup,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
+        unfreezer=GradualUnfreezer(model, cfg.unfreeze_every) if cfg.unfreeze_every else None,
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        class_weights=class_weights,
+        pad_id=tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else (tokenizer.eos_token_id or 0),
+        device=device,
+        kernels_backend=kernels_backend,
+        run_dir=run_dir_for(Path(cfg.output)),
+        steps_per_epoch=spe,
+        total_steps=total_steps,
+        say=say,
+    )
+
+
+def load_task_and_model(cfg: TrainConfig):
+    """The task with its data read and checked, then the tokenizer and model, then the tokenized rows."""
     task = make_task(cfg)
     task.load()
     model_path = cfg.model or (default_model_path() if cfg.task != "causal-lm" else None)
@@ -61,21 +161,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_rows, eval_rows = task.encode(tokenizer)
     if not train_rows:
         raise InputError(f"{cfg.train}: no usable training rows after tokenization")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return task, model_path, tokenizer, model, train_rows, eval_rows
 
-    device = dist.device()
-    kernels_backend = _kernels_backend(cfg.kernels, device)
-    model, notes = prepare_model(model, cfg, task, kernels_backend)
-    for line in notes:
-        say(line)
-    unsup = _unsup_objective(cfg, model, tokenizer, model_path)
-    model.to(device)
-    if unsup is not None:
-        unsup.to(device)
-    train_model = dist.wrap(model, fsdp=cfg.fsdp)
 
-    spe = steps_per_epoch(len(train_rows), cfg.batch_size, cfg.grad_accum, dist.world)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
+def build_optimizer(cfg: TrainConfig, model, unsup, total_steps: int, say: Callable[[str], None]):
+    """AdamW over per-layer parameter groups (and the masked-LM head of --unsup-weight), and its schedule."""
     groups = param_groups(
         model,
         cfg.lr,
@@ -97,223 +187,303 @@ def train(cfg: TrainConfig) -> TrainResult:
         say(line)
     optimizer = _adamw([{k: v for k, v in g.items() if k != "names"} for g in groups], cfg.lr, fsdp=cfg.fsdp)
     scheduler = make_schedule(optimizer, cfg.schedule, int(cfg.warmup_ratio * total_steps), total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    unfreezer = GradualUnfreezer(model, cfg.unfreeze_every) if cfg.unfreeze_every else None
+    return optimizer, scheduler
 
-    # Resume: the last saved state of an earlier run of the same command, if any.
-    run_dir = run_dir_for(output)
-    state = load_latest(run_dir) if cfg.resume else None
-    progress_state = {
-        "step": 0,
-        "best": None,
-        "best_step": None,
-        "bad_evals": 0,
-        "running_loss": None,
-        "seen_examples": 0,
-        "seen_tokens": 0,
-        "train_seconds": 0.0,
-        "last_eval": {},
-    }
-    if state is not None:
-        _check_same_run(state["config"], cfg, run_dir)
-        if "rng_per_rank" not in state:
-            raise InputError(
-                f"{run_dir}: an unfinished run saved by an older sft-train; pass --no-resume to start over"
-            )
-        if state["world_size"] != dist.world:  # the global batches, and so the data order, depend on it
-            raise InputError(
-                f"{run_dir}: an unfinished run with {state['world_size']} processes, now "
-                f"{dist.world}; rerun with the same number, or pass --no-resume to start over"
-            )
-        dist.load_model_state(model, state["model"])
-        dist.load_optimizer_state(model, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if unsup is not None:
-            unsup.load_state_dict(state["unsup"])
-        progress_state = state["progress"]
-        # Each rank's own stream: ranks draw different amounts (e.g. dropout on differently padded batches).
-        set_rng_state(state["rng_per_rank"][dist.rank])
-        if unfreezer is not None:
-            unfreezer.step(progress_state["step"])
-        say(f"resuming from {run_dir} at step {progress_state['step']}/{total_steps}")
-    elif dist.is_main:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-    dist.barrier()
 
-    log = JsonlLog(run_dir / "train_log.jsonl", enabled=dist.is_main)
-    tb = _tensorboard(run_dir / "tensorboard", cfg.tensorboard and dist.is_main)
-    log.write(
-        {
-            "event": "resume" if state else "start",
-            "step": progress_state["step"],
-            "model": model_path,
-            "task": cfg.task,
-            "train_rows": len(train_rows),
-            "eval_rows": len(eval_rows or []),
-            "total_steps": total_steps,
-            "device": str(device),
-            "world_size": dist.world,
-            "kernels": kernels_backend,
-        }
-    )
-    lengths = [task.length(r) for r in train_rows] if cfg.group_by_length else None
-    order = BatchOrder(len(train_rows), cfg.batch_size * dist.world, cfg.seed, lengths)
-    progress_state["step"] * cfg.grad_accum
-    autocast = _autocast(device, cfg.precision)
-    p = progress_state
-    t_resume, seconds_before = time.perf_counter(), p["train_seconds"]
+# -- resume --------------------------------------------------------------------------------------------
 
-    with _progress(cfg.progress and dist.is_main) as bar:
-        task_bar = bar.add_task(
-            "train", total=total_steps, completed=p["step"], loss=p["running_loss"] or float("nan"), rate=0.0
+
+def resume(run: Run) -> tuple[TrainingProgress, bool]:
+    """Continue from the last state of an earlier run of the same command, or start a fresh run directory.
+    Returns the progress and whether it was resumed."""
+    cfg, dist = run.cfg, run.dist
+    state = load_latest(run.run_dir) if cfg.resume else None
+    if state is None:
+        if dist.is_main:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+            run.run_dir.mkdir(parents=True)
+        dist.barrier()
+        return TrainingProgress(), False
+    _check_same_run(state["config"], cfg, run.run_dir)
+    if state["world_size"] != dist.world:  # the global batches, and so the data order, depend on it
+        raise InputError(
+            f"{run.run_dir}: an unfinished run with {state['world_size']} processes, now "
+            f"{dist.world}; rerun with the same number, or pass --no-resume to start over"
         )
-        for step in range(p["step"] + 1, total_steps + 1):
-            model.train()
-            step_loss = 0.0
-            for micro in range(cfg.grad_accum):
-                idx = order.batch((step - 1) * cfg.grad_accum + micro)[dist.rank :: dist.world]
-                batch = task.collate([train_rows[i] for i in idx], pad_id, device)
-                sync = micro == cfg.grad_accum - 1
-                with dist.no_sync(train_model, skip=not sync), autocast:
-                    loss = task.loss(train_model, batch, kernels_backend)
-                    if cfg.unsup_weight:
-                        loss = loss + cfg.unsup_weight * _unsup_loss(
-                            unsup, task, train_model, batch, kernels_backend
-                        )
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                step_loss += loss.item() / cfg.grad_accum
-                p["seen_examples"] += len(idx) * dist.world
-                p["seen_tokens"] += int(batch["attention_mask"].sum()) * dist.world
-            if unsup is not None:
-                dist.average_grads(unsup.head_parameters())
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-            if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded norm
-                grad_norm = grad_norm.full_tensor()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if unfreezer is not None and unfreezer.step(step):
-                log.write({"event": "unfreeze", "step": step, "groups_trainable": unfreezer.unfrozen})
+    dist.load_model_state(run.model, state["model"])
+    dist.load_optimizer_state(run.model, run.optimizer, state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    if run.unsup is not None:
+        run.unsup.load_state_dict(state["unsup"])
+    progress = TrainingProgress.from_dict(state["progress"])
+    # Each rank's own stream: ranks draw different amounts (e.g. dropout on differently padded batches).
+    set_rng_state(state["rng_per_rank"][dist.rank])
+    if run.unfreezer is not None:
+        run.unfreezer.step(progress.step)
+    run.say(f"resuming from {run.run_dir} at step {progress.step}/{run.total_steps}")
+    dist.barrier()
+    return progress, True
 
-            p["step"] = step
-            p["running_loss"] = (
-                step_loss if p["running_loss"] is None else 0.9 * p["running_loss"] + 0.1 * step_loss
-            )
-            p["last_loss"] = step_loss
-            elapsed = seconds_before + time.perf_counter() - t_resume
-            p["train_seconds"] = elapsed
-            bar.update(
-                task_bar, completed=step, loss=p["running_loss"], rate=p["seen_examples"] / max(elapsed, 1e-9)
-            )
-            if step % cfg.log_every == 0 or step == total_steps:
-                record = {
-                    "step": step,
-                    "epoch": round(step / spe, 3),
-                    "loss": step_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "examples_per_s": p["seen_examples"] / elapsed,
-                    "tokens_per_s": p["seen_tokens"] / elapsed,
-                }
-                log.write({"event": "train", **record})
-                tb.add_scalar("train/loss", step_loss, step)
-                tb.add_scalar("train/lr", record["lr"], step)
 
-            eval_due = eval_rows is not None and (
-                (cfg.eval_every and step % cfg.eval_every == 0)
-                or (not cfg.eval_every and step % spe == 0)
-                or step == total_steps
-            )
-            stop_early = False
-            if eval_due:
-                model.eval()  # dropout off; the next step's model.train() turns it back on
-                metrics = task.evaluate(
-                    model, eval_rows, pad_id, device, cfg.eval_batch_size, kernels_backend
-                )
-                p["last_eval"] = metrics
-                scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-                log.write({"event": "eval", "step": step, "epoch": round(step / spe, 3), **scalars})
-                for k, v in scalars.items():
-                    tb.add_scalar(f"eval/{k}", v, step)
-                bar.console.print(
-                    f"step {step}/{total_steps}  "
-                    + "  ".join(
-                        f"{k} {v:.4f}"
-                        for k, v in scalars.items()
-                        if k in ("loss", task.default_metric, "accuracy", "f1", "perplexity", cfg.best_metric)
-                    )
-                )
-                if cfg.best_metric:
-                    stop_early = _track_best(p, metrics, cfg, task, model, run_dir, dist)
-            save_due = (cfg.save_every and step % cfg.save_every == 0) or (
-                not cfg.save_every and (eval_due or (eval_rows is None and step % spe == 0))
-            )
-            if save_due and step < total_steps and not stop_early:
-                model_state, optimizer_state = dist.model_state(model), dist.optimizer_state(model, optimizer)
-                rng_per_rank = dist.gather_object(rng_state())
-                if dist.is_main:
-                    save_state(
-                        run_dir,
-                        step,
-                        {
-                            "config": cfg.to_dict(),
-                            "model": model_state,
-                            "optimizer": optimizer_state,
-                            "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(),
-                            "progress": p,
-                            "rng_per_rank": rng_per_rank,
-                            "world_size": dist.world,
-                            "unsup": unsup.state_dict() if unsup is not None else None,
-                        },
-                        cfg.keep_last,
-                    )
+# -- the loop ------------------------------------------------------------------------------------------
+
+
+def run_loop(run: Run, progress: TrainingProgress, log: RunLog) -> None:
+    cfg, dist = run.cfg, run.dist
+    lengths = [run.task.length(r) for r in run.train_rows] if cfg.group_by_length else None
+    order = BatchOrder(len(run.train_rows), cfg.batch_size * dist.world, cfg.seed, lengths)
+    clock_start = time.perf_counter() - progress.train_seconds
+    with ProgressBar(enabled=cfg.progress and dist.is_main, total=run.total_steps, progress=progress) as bar:
+        for step in range(progress.step + 1, run.total_steps + 1):
+            loss, grad_norm = train_step(run, progress, order, step)
+            progress.record_step(step, loss, time.perf_counter() - clock_start)
+            bar.update(progress)
+            if run.unfreezer is not None and run.unfreezer.step(step):
+                log.event("unfreeze", step=step, groups_trainable=run.unfreezer.unfrozen)
+            if step % cfg.log_every == 0 or step == run.total_steps:
+                _log_train(run, progress, log, grad_norm)
+
+            evaluated = _eval_due(run, step)
+            stop_early = evaluated and evaluate_and_keep_best(run, progress, log, bar.print)
+            if _save_due(run, step, evaluated) and step < run.total_steps and not stop_early:
+                save_resumable_state(run, progress)
             dist.barrier()
             if stop_early:
-                log.write({"event": "early_stop", "step": step, "best_step": p["best_step"]})
-                bar.console.print(
+                log.event("early_stop", step=step, best_step=progress.best_step)
+                run.say(
                     f"early stop at step {step}: no {cfg.best_metric} improvement in "
-                    f"{cfg.patience} evaluations (best at step {p['best_step']})"
+                    f"{cfg.patience} evaluations (best at step {progress.best_step})"
                 )
                 break
 
-    final_metrics = p["last_eval"]
-    if cfg.best_metric and p["best_step"] is not None:
-        dist.load_model_state(
-            model, torch.load(run_dir / "best" / "model.pt", map_location=device, weights_only=True)
-        )
-        final_metrics = p["best_metrics"]
-    summary = {
-        "steps": p["step"],
-        "train_seconds": round(p["train_seconds"], 2),
-        "train_examples_per_s": round(p["seen_examples"] / max(p["train_seconds"], 1e-9), 2),
-        "final_train_loss": p.get("last_loss"),
-        "best_step": p["best_step"],
+
+def train_step(run: Run, progress: TrainingProgress, order: BatchOrder, step: int) -> tuple[float, float]:
+    """One optimizer step over --grad-accum micro-batches; returns (mean loss, gradient norm)."""
+    cfg, dist, task = run.cfg, run.dist, run.task
+    run.model.train()
+    autocast = _autocast(run.device, cfg.precision)
+    step_loss = 0.0
+    for micro in range(cfg.grad_accum):
+        idx = order.batch((step - 1) * cfg.grad_accum + micro)[dist.rank :: dist.world]
+        batch = task.collate([run.train_rows[i] for i in idx], run.pad_id, run.device)
+        sync = micro == cfg.grad_accum - 1
+        with dist.no_sync(run.train_model, skip=not sync), autocast:
+            loss = task.loss(run.train_model, batch, run.kernels_backend)
+            if cfg.unsup_weight:
+                loss = loss + cfg.unsup_weight * _unsup_loss(
+                    run.unsup, task, run.train_model, batch, run.kernels_backend
+                )
+            run.scaler.scale(loss / cfg.grad_accum).backward()
+        step_loss += loss.item() / cfg.grad_accum
+        progress.seen_examples += len(idx) * dist.world
+        progress.seen_tokens += int(batch["attention_mask"].sum()) * dist.world
+    if run.unsup is not None:
+        dist.average_grads(run.unsup.head_parameters())
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded norm
+        grad_norm = grad_norm.full_tensor()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return step_loss, float(grad_norm)
+
+
+def _log_train(run: Run, progress: TrainingProgress, log: RunLog, grad_norm: float) -> None:
+    record = {
+        "loss": progress.last_loss,
+        "lr": run.scheduler.get_last_lr()[0],
+        "grad_norm": grad_norm,
+        "examples_per_s": progress.examples_per_s(),
+        "tokens_per_s": progress.tokens_per_s(),
     }
-    log.write({"event": "end", **summary})
-    log.close()
-    tb.close()
-    model_state = (
-        dist.model_state(model) if dist.fsdp else None
-    )  # FSDP: gathered by every rank, kept on rank 0
-    if dist.is_main:
-        _write_output(
-            output,
-            model,
-            tokenizer,
-            cfg,
-            task,
-            run_dir,
-            {"eval": final_metrics, "last_eval": p["last_eval"], "train": summary},
-            model_state,
+    log.event("train", step=progress.step, epoch=round(progress.step / run.steps_per_epoch, 3), **record)
+    log.scalars("train", {"loss": record["loss"], "lr": record["lr"]}, progress.step)
+
+
+def _eval_due(run: Run, step: int) -> bool:
+    every = run.cfg.eval_every or run.steps_per_epoch
+    return run.eval_rows is not None and (step % every == 0 or step == run.total_steps)
+
+
+def _save_due(run: Run, step: int, evaluated: bool) -> bool:
+    if run.cfg.save_every:
+        return step % run.cfg.save_every == 0
+    return evaluated or (run.eval_rows is None and step % run.steps_per_epoch == 0)
+
+
+# -- evaluate, keep the best ---------------------------------------------------------------------------
+
+
+def evaluate_and_keep_best(
+    run: Run, progress: TrainingProgress, log: RunLog, echo: Callable[[str], None]
+) -> bool:
+    """Evaluate, log, and keep the best model by --best-metric; returns True when patience has run out."""
+    cfg, step = run.cfg, progress.step
+    run.model.eval()  # dropout off; the next step's model.train() turns it back on
+    metrics = run.task.evaluate(
+        run.model, run.eval_rows, run.pad_id, run.device, cfg.eval_batch_size, run.kernels_backend
+    )
+    progress.last_eval = metrics
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    log.event("eval", step=step, epoch=round(step / run.steps_per_epoch, 3), **scalars)
+    log.scalars("eval", scalars, step)
+    if run.dist.is_main:
+        shown = ("loss", run.task.default_metric, "accuracy", "f1", "perplexity", cfg.best_metric)
+        echo(
+            f"step {step}/{run.total_steps}  "
+            + "  ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k in shown)
         )
+    return keep_best(run, progress, metrics) if cfg.best_metric else False
+
+
+def keep_best(run: Run, progress: TrainingProgress, metrics: dict[str, Any]) -> bool:
+    """Save the model when --best-metric improved; returns True when --patience has run out."""
+    cfg = run.cfg
+    if cfg.best_metric not in metrics:
+        raise InputError(
+            f"--best-metric {cfg.best_metric}: not an eval metric of {cfg.task} "
+            f"({', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))})"
+        )
+    value = metrics[cfg.best_metric]
+    if not run.task.better(cfg.best_metric, value, progress.best):
+        progress.bad_evals += 1
+        return bool(cfg.patience) and progress.bad_evals >= cfg.patience
+    progress.best, progress.best_step, progress.bad_evals, progress.best_metrics = (
+        value,
+        progress.step,
+        0,
+        metrics,
+    )
+    model_state = run.dist.model_state(run.model)  # a collective under FSDP
+    if run.dist.is_main:
+        best = run.run_dir / "best"
+        best.mkdir(exist_ok=True)
+        torch.save(model_state, best / "model.pt.tmp")
+        (best / "model.pt.tmp").replace(best / "model.pt")
+    return False
+
+
+def restore_best(run: Run, progress: TrainingProgress) -> dict[str, Any]:
+    """Load the best model back when --best-metric kept one; returns the metrics of the model to save."""
+    if not (run.cfg.best_metric and progress.best_step is not None):
+        return progress.last_eval
+    best = torch.load(run.run_dir / "best" / "model.pt", map_location=run.device, weights_only=True)
+    run.dist.load_model_state(run.model, best)
+    return progress.best_metrics
+
+
+# -- resumable states ----------------------------------------------------------------------------------
+
+
+def save_resumable_state(run: Run, progress: TrainingProgress) -> None:
+    """Everything needed to continue bit for bit; gathered from every rank, written by the main one."""
+    dist = run.dist
+    model_state, optimizer_state = dist.model_state(run.model), dist.optimizer_state(run.model, run.optimizer)
+    rng_per_rank = dist.gather_object(rng_state())
+    if not dist.is_main:
+        return
+    state = {
+        "config": run.cfg.to_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "progress": progress.to_dict(),
+        "rng_per_rank": rng_per_rank,
+        "world_size": dist.world,
+        "unsup": run.unsup.state_dict() if run.unsup is not None else None,
+    }
+    save_state(run.run_dir, progress.step, state, run.cfg.keep_last)
+
+
+# -- finish --------------------------------------------------------------------------------------------
+
+
+def finish(run: Run, progress: TrainingProgress, metrics: dict[str, Any]) -> None:
+    """Write the checkpoint (model, tokenizer, config, metrics, log, plots, model card) and rename it into
+    place; then the run directory goes."""
+    dist = run.dist
+    model_state = dist.model_state(run.model) if dist.fsdp else None  # FSDP: gathered by every rank
+    if dist.is_main:
+        output = Path(run.cfg.output)
+        work = fresh_work_dir(output)
+        try:
+            _write_checkpoint(work, run, progress, metrics, model_state)
+            replace_dir(work, output)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        shutil.rmtree(run.run_dir, ignore_errors=True)
     dist.barrier()
     dist.close()
-    return TrainResult(output, final_metrics, p["step"], p["train_seconds"], p.get("last_loss"))
+
+
+def _write_checkpoint(work: Path, run: Run, progress: TrainingProgress, metrics, model_state) -> None:
+    import yaml
+
+    from .model_card import DataSplit, model_card
+
+    cfg, model = run.cfg, run.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the base weights
+        model = model.merge_and_unload()
+    model.save_pretrained(work, safe_serialization=True, state_dict=model_state)
+    run.tokenizer.save_pretrained(work)
+    (work / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    summary = _summary(progress)
+    write_json(work / "metrics.json", {"eval": metrics, "last_eval": progress.last_eval, "train": summary})
+    shutil.copy2(run.run_dir / "train_log.jsonl", work / "train_log.jsonl")
+    if (run.run_dir / "tensorboard").is_dir():
+        shutil.copytree(run.run_dir / "tensorboard", work / "tensorboard")
+    labels = run.task.labels.names if run.task.labels else None
+    if cfg.plots:
+        from .plots import write_plots
+
+        write_plots(work, labels)
+    data = [DataSplit("train", cfg.train, len(run.train_rows))]
+    if run.eval_rows is not None:
+        data.append(DataSplit("eval", cfg.eval, len(run.eval_rows)))
+    card = model_card(
+        title=Path(cfg.output).name,
+        config=cfg.to_dict(),
+        base_model=run.model_path,
+        labels=labels,
+        class_weights=run.class_weights,
+        data=data,
+        metrics=metrics,
+        train_summary=summary,
+        command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+    )
+    (work / "README.md").write_text(card, encoding="utf-8")
+
+
+def _summary(progress: TrainingProgress) -> dict[str, Any]:
+    return {
+        "steps": progress.step,
+        "train_seconds": round(progress.train_seconds, 2),
+        "train_examples_per_s": round(progress.examples_per_s(), 2),
+        "final_train_loss": progress.last_loss,
+        "best_step": progress.best_step,
+    }
+
+
+def _run_facts(run: Run) -> dict[str, Any]:
+    return {
+        "model": run.model_path,
+        "task": run.cfg.task,
+        "train_rows": len(run.train_rows),
+        "eval_rows": len(run.eval_rows or []),
+        "total_steps": run.total_steps,
+        "device": str(run.device),
+        "world_size": run.dist.world,
+        "kernels": run.kernels_backend,
+        "class_weights": run.class_weights,
+    }
+
+
+# -- helpers -------------------------------------------------------------------------------------------
 
 
 def _adamw(groups: list[dict[str, Any]], lr: float, fsdp: bool) -> torch.optim.AdamW:
@@ -427,27 +597,6 @@ def _unsup_loss(unsup, task, model, batch, kernels_backend):
     )
 
 
-def _track_best(p, metrics, cfg, task, model, run_dir, dist) -> bool:
-    """Keep the best model by cfg.best_metric; returns True when patience has run out."""
-    if cfg.best_metric not in metrics:
-        raise InputError(
-            f"--best-metric {cfg.best_metric}: not an eval metric of {cfg.task} "
-            f"({', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))})"
-        )
-    value = metrics[cfg.best_metric]
-    if task.better(cfg.best_metric, value, p["best"]):
-        p.update(best=value, best_step=p["step"], bad_evals=0, best_metrics=metrics)
-        model_state = dist.model_state(model)
-        if dist.is_main:
-            best = run_dir / "best"
-            best.mkdir(exist_ok=True)
-            torch.save(model_state, best / "model.pt.tmp")
-            (best / "model.pt.tmp").replace(best / "model.pt")
-        return False
-    p["bad_evals"] += 1
-    return bool(cfg.patience) and p["bad_evals"] >= cfg.patience
-
-
 def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
     now = cfg.to_dict()
     diff = [k for k in now if k not in COSMETIC and saved.get(k) != now[k]]
@@ -506,87 +655,7 @@ class BatchOrder:
         return batches
 
 
-def _write_output(
-    output: Path,
-    model,
-    tokenizer,
-    cfg: TrainConfig,
-    task: Task,
-    run_dir: Path,
-    metrics: dict[str, Any],
-    model_state: dict[str, Any] | None = None,
-) -> None:
-    import yaml
-
-    work = fresh_work_dir(output)
-    try:
-        if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the base weights
-            model = model.merge_and_unload()
-        model.save_pretrained(work, safe_serialization=True, state_dict=model_state)
-        tokenizer.save_pretrained(work)
-        (work / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        write_json(work / "metrics.json", metrics)
-        shutil.copy2(run_dir / "train_log.jsonl", work / "train_log.jsonl")
-        if (run_dir / "tensorboard").is_dir():
-            shutil.copytree(run_dir / "tensorboard", work / "tensorboard")
-        if cfg.plots:
-            from .plots import write_plots
-
-            write_plots(work, task.labels.names if task.labels else None)
-        replace_dir(work, output)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-class JsonlLog:
-    def __init__(self, path: Path, enabled: bool = True):
-        self._f = path.open("a", encoding="utf-8") if enabled else None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._f is not None:
-            self._f.write(json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n")
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None and not self._f.closed:
-            self._f.close()
-
-
-class _NoTensorBoard:
-    def add_scalar(self, *args, **kwargs):
-        pass
-
-    def close(self):
-        pass
-
-
-def _tensorboard(directory: Path, enabled: bool):
-    if not enabled:
-        return _NoTensorBoard()
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # the tensorboard package is optional
-        return _NoTensorBoard()
-    return SummaryWriter(str(directory))
-
-
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[rate]:.1f} ex/s"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
