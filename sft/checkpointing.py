@@ -28,7 +28,8 @@ import torch
 from .errors import InputError
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# The name the weights-only unpickler refused ("Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y").
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 # Version of the state layout; a state without it (or with another) was written by an older sft-train.
 STATE_FORMAT = 2
 
@@ -93,20 +94,24 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = _UNSUPPORTED_GLOBAL.search(str(e))
-        name = found.group(1) if found else str(e).strip().splitlines()[0]
-        if name.startswith("numpy."):  # states before STATE_FORMAT 2 pickled the numpy RNG state
+        found = _REFUSED_GLOBAL.search(str(e))
+        if found is None:  # not a pickle at all (e.g. "Unsupported operand 110")
+            reason = str(e).partition("WeightsUnpickler error:")[2].strip().split("\n")[0] or "not torch.save"
             raise InputError(
-                f"{path}: a state saved by an older sft-train (it holds {name}); {start_over}"
+                f"{path}: not a resumable state saved by sft-train (unreadable: {reason}); {start_over}"
+            ) from None
+        if found.group(1).startswith("numpy."):  # states before STATE_FORMAT 2 pickled the numpy RNG state
+            raise InputError(
+                f"{path}: a state saved by an older sft-train (it holds {found.group(1)}); {start_over}"
             ) from None
         raise InputError(
-            f"{path}: not a resumable state saved by sft-train (it holds {name}, which is not "
+            f"{path}: not a resumable state saved by sft-train (it holds {found.group(1)}, which is not "
             f"loaded); {start_over}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputError(
-            f"{path}: not a resumable state saved by sft-train (unreadable: {str(e).splitlines()[0]}); "
-            f"{start_over}"
+            f"{path}: not a resumable state saved by sft-train (unreadable: {reason}); {start_over}"
         ) from None
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a resumable state saved by sft-train (no state dict); {start_over}")
