@@ -325,6 +325,20 @@ class ImageClassifier:
             self.logits(images), self.labels, function_to_apply or self.default_function, top_k
         )
 
+    def run(self, images: Sequence[Any], options: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """The batcher's call: one model call for images of several requests, each with its own options
+        ({"top_k", "function"})."""
+        logits = self.logits(images)
+        return [
+            scores_to_labels(
+                logits[i : i + 1],
+                self.labels,
+                opts.get("function") or self.default_function,
+                opts.get("top_k"),
+            )[0]
+            for i, opts in enumerate(options)
+        ]
+
 
 def scores_to_labels(
     logits: np.ndarray, labels: Sequence[str], function: str, top_k: int | None
@@ -341,3 +355,92 @@ def scores_to_labels(
         order = np.argsort(-row, kind="stable")[: top_k or None]
         out.append([{"label": labels[i], "score": float(row[i])} for i in order])
     return out
+
+
+FUNCTIONS = ("softmax", "sigmoid", "none")
+DEFAULT_TOP_K = 5  # the Inference API's image-classification default
+
+
+@dataclass
+class ImageRequest:
+    images: list[Any]
+    options: list[dict[str, Any]]
+    single: bool  # answer with one list of labels, not a list of lists
+
+
+def parse_image_request(
+    content_type: str | None, body: bytes, limits: ImageLimits = ImageLimits(), max_images: int = 64
+) -> ImageRequest:
+    """`POST /predict` for images, in the Inference API's shapes: the raw image as the body (Content-Type
+    image/* or application/octet-stream), or JSON {"inputs": base64 | [base64, ...], "parameters": {"top_k",
+    "function_to_apply"}}. ImageError carries the HTTP status (413 too large, 415, 422)."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        image = decode_image(body, "request body", limits)
+        return ImageRequest([image], [{"top_k": DEFAULT_TOP_K, "function": None}], True)
+    if kind not in ("", "application/json"):
+        raise ImageError(f"Content-Type {kind}: send the image bytes (image/*) or JSON with base64", 415)
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ImageError(f"request body: not JSON ({e})") from None
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    single = isinstance(inputs, str)
+    items = [inputs] if single else inputs
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
+        raise ImageError("inputs: expected a base64 image string or a non-empty list of them")
+    if len(items) > max_images:
+        raise ImageError(f"inputs: {len(items)} images > the limit of {max_images} per request", 413)
+    options = _image_parameters(payload.get("parameters"))
+    images = [
+        decode_base64_image(x, "inputs" if single else f"inputs[{i}]", limits) for i, x in enumerate(items)
+    ]
+    return ImageRequest(images, [options] * len(images), single)
+
+
+def _image_parameters(params: Any) -> dict[str, Any]:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ImageError("parameters: expected an object")
+    top_k = params.get("top_k", DEFAULT_TOP_K)
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ImageError(f"parameters.top_k: expected a positive integer, got {top_k!r}")
+    function = params.get("function_to_apply")
+    if function is not None and function not in FUNCTIONS:
+        raise ImageError(f"parameters.function_to_apply: choose one of {', '.join(FUNCTIONS)}")
+    return {"top_k": top_k, "function": function}
+
+
+def predict_images(
+    classifier: ImageClassifier,
+    source: str | Path,
+    output: str | Path,
+    *,
+    batch_size: int = 32,
+    top_k: int | None = DEFAULT_TOP_K,
+    limits: ImageLimits = ImageLimits(),
+) -> int:
+    """sft-predict over a folder of images or a file of paths: one JSON line per image
+    ({"path", "predictions"}), written to a temporary file renamed into place. An unreadable image stops it
+    with one line naming the file (nothing is left half-written)."""
+    import os
+    import tempfile
+
+    files = list_images(source)
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise ServeError(f"{output}: its folder does not exist")
+    fd, tmp = tempfile.mkstemp(dir=output.parent if str(output.parent) else ".", prefix=f".{output.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for start in range(0, len(files), batch_size):
+                chunk = files[start : start + batch_size]
+                images = [read_image_file(f, limits) for f in chunk]
+                for f, labels in zip(chunk, classifier.predict(images, top_k=top_k), strict=True):
+                    out.write(json.dumps({"path": str(f), "predictions": labels}) + "\n")
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(files)

@@ -180,3 +180,54 @@ def test_export_without_eval_set_validates_on_generated_images(tmp_path):
     validation = report.manifest["validation"]
     assert validation["inputs"] == "generated" and validation["num_samples"] == 12
     assert validation["max_abs_diff"] <= 1e-4
+
+
+def test_predict_request_shapes_and_batched_run(exported):
+    from serve.images import ImageClassifier, ImageError, parse_image_request, read_image_file
+
+    model_dir, eval_dir, report = exported
+    files = sorted(eval_dir.rglob("*.png"))[:3]
+    raw = [f.read_bytes() for f in files]
+    classifier = ImageClassifier(report.bundle_dir)
+    expected = classifier.predict([read_image_file(f) for f in files], top_k=None)
+
+    req = parse_image_request("image/png", raw[0])
+    assert req.single and classifier.run(req.images, req.options)[0] == expected[0][:5]
+    body = json.dumps(
+        {"inputs": [base64.b64encode(r).decode() for r in raw], "parameters": {"top_k": 2}}
+    ).encode()
+    req = parse_image_request("application/json", body)
+    assert not req.single
+    assert classifier.run(req.images, req.options) == [e[:2] for e in expected]
+
+    for content_type, payload, status in [
+        ("text/plain", b"x", 415),
+        ("application/json", b"{", 422),
+        ("application/json", b'{"inputs": 3}', 422),
+        ("application/json", b'{"inputs": "aGVsbG8=", "parameters": {"top_k": 0}}', 422),
+        ("image/png", b"not a png", 422),
+    ]:
+        with pytest.raises(ImageError) as e:
+            parse_image_request(content_type, payload)
+        assert e.value.status == status, (content_type, payload, str(e.value))
+
+
+def test_predict_over_a_folder_and_a_bad_image(exported, tmp_path, capsys):
+    from serve.errors import report_errors
+    from serve.images import ImageClassifier, predict_images
+
+    model_dir, eval_dir, report = exported
+    classifier = ImageClassifier(report.bundle_dir)
+    out = tmp_path / "predictions.jsonl"
+    assert predict_images(classifier, eval_dir, out, batch_size=5) == 12
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 12 and all(len(r["predictions"]) == 3 for r in lines)
+
+    bad = write_image_folder(tmp_path / "bad", per_class=1)
+    (bad / "green" / "0.jpg").write_bytes(b"\x89PNG broken")
+    with pytest.raises(SystemExit) as e:
+        report_errors(predict_images)(classifier, bad, tmp_path / "bad.jsonl")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "green/0.jpg" in err and "\n" not in err
+    assert not (tmp_path / "bad.jsonl").exists()
