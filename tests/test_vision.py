@@ -226,3 +226,30 @@ def test_a_few_steps_learn_the_colours(tmp_path):
         opt.step()
     metrics = task.evaluate(model.eval(), eval_rows, 0, torch.device("cpu"), 16, "torch")
     assert metrics["accuracy"] >= 0.9, metrics
+
+
+def test_lora_on_vit_trains_adapters_and_the_full_head(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageClassification
+
+    from sft.vision import lora_settings
+
+    model_dir = write_tiny_vit(tmp_path / "model")
+    root = write_image_folder(tmp_path / "train", per_class=2)
+    task = make_task(cfg(root))
+    train_rows, _ = task.encode(task.load_processor(str(model_dir)))
+    model = AutoModelForImageClassification.from_pretrained(model_dir, **task.model_kwargs())
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, **lora_settings(model)))
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n and "query" in n for n in trainable)
+    assert any("classifier" in n and "lora" not in n for n in trainable)
+    assert not any("intermediate.dense.weight" in n for n in trainable)
+    task.loss(peft_model, task.collate(train_rows[:4], 0, torch.device("cpu")), "torch").backward()
+    merged = peft_model.merge_and_unload()
+    assert type(merged).__name__ == "ViTForImageClassification"
+
+    from transformers import ResNetForImageClassification
+
+    resnet = ResNetForImageClassification.from_pretrained(write_tiny_resnet(tmp_path / "resnet"))
+    with pytest.raises(InputError, match="use --freeze all-but-head for CNNs"):
+        lora_settings(resnet)
