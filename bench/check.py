@@ -2,9 +2,15 @@
 
 `sft-bench kernels` runs the kernel benchmarks (the full GPU set on CUDA, the tiny torch-path smoke run
 on CPU) and, with --check, compares every speed-up ratio they report (`speedup_vs_<arm>`,
-`fwd_vs_sdpa`, ...) against the committed baseline in bench/baselines/<benchmark>[_cpu_smoke].json: a
-ratio below --fraction x its baseline fails (exit 1), naming the shape and the arm. --update-baseline
-writes the current ratios as the new baseline.
+`fwd_vs_sdpa`, ...) against a baseline recorded on the same kind of device:
+`<baselines>/<device>/<benchmark>[_cpu_smoke].json` (device as a slug, e.g. `nvidia-h100-80gb-hbm3`,
+`cpu`), or `<baselines>/<benchmark>.json` for any device. --baselines may be given more than once (the
+committed bench/baselines first, then a runner's own); the first that has the benchmark wins. A ratio
+below --fraction x its baseline fails (exit 1), naming the shape and the arm.
+
+A benchmark with no baseline fails the check, unless --record-missing DIR is given: then this run's
+ratios are written as that device's baseline under DIR, said so on stdout (and in --summary), and later
+runs are gated against it. --update-baseline overwrites the baselines in the first --baselines directory.
 
     sft-bench kernels --check                   # GPU runner: real kernels against SDPA / eager / Liger
     sft-bench kernels --check --fraction 0.25   # CPU (CI): the torch reference path; tests the harness
@@ -55,6 +61,35 @@ def compare(current: dict[str, float], baseline: dict[str, float], fraction: flo
     return failures
 
 
+def device_slug(device: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``: a baseline directory name."""
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") or "unknown"
+
+
+def find_baseline(dirs: list[Path], slug: str, name: str) -> Path | None:
+    """The first ``dir/slug/name.json`` or ``dir/name.json`` that exists, in the order of ``dirs``."""
+    for d in dirs:
+        for path in (d / slug / f"{name}.json", d / f"{name}.json"):
+            if path.is_file():
+                return path
+    return None
+
+
+def write_baseline(path: Path, record: dict[str, Any], source: Path, ratios: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env = record.get("environment", {})
+    baseline = {
+        "source": str(source),
+        "device": env.get("device"),
+        "recorded": env.get("date"),
+        "versions": env.get("versions"),
+        "ratios": ratios,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(baseline, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def run_benchmarks(out_dir: Path, cpu: bool) -> dict[str, Path]:
     produced = {}
     for name in BENCHMARKS:
@@ -69,6 +104,12 @@ def run_benchmarks(out_dir: Path, cpu: bool) -> dict[str, Path]:
     return produced
 
 
+def _run_name(path: Path) -> str:
+    """The baseline name of a benchmark's JSON: CPU smoke runs are checked against *_cpu_smoke ones."""
+    smoke = json.loads(path.read_text()).get("mode") == "cpu-smoke"
+    return path.stem + "_cpu_smoke" if smoke and not path.stem.endswith("_cpu_smoke") else path.stem
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="sft-bench kernels", description=__doc__.splitlines()[0])
     p.add_argument(
@@ -76,44 +117,79 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--fraction", type=float, default=0.8)
     p.add_argument("--cpu", action="store_true", help="the CPU smoke runs even when CUDA is present")
-    p.add_argument("--baselines", type=Path, default=BASELINES)
+    p.add_argument(
+        "--baselines",
+        type=Path,
+        action="append",
+        help=f"a baseline directory; repeatable, first match wins [default: {BASELINES}]",
+    )
+    p.add_argument(
+        "--record-missing",
+        type=Path,
+        metavar="DIR",
+        help="with --check: a benchmark without a baseline records this run as its baseline under DIR",
+    )
     p.add_argument("--update-baseline", action="store_true")
+    p.add_argument("--summary", type=Path, help="append a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
     p.add_argument("--out", type=Path, help="keep the raw JSON here [default: a temporary directory]")
     p.add_argument(
         "--from", dest="from_dir", type=Path, help="check the JSON of an earlier run instead of running"
     )
     a = p.parse_args(argv)
-    import torch
-
-    cpu = a.cpu or not torch.cuda.is_available()
-    if a.from_dir:
-        produced = {p.stem: p for p in sorted(a.from_dir.glob("kernels_*.json"))}
-        if cpu:  # the CPU smoke runs are checked against the *_cpu_smoke baselines
-            produced = {(k if k.endswith("_cpu_smoke") else k + "_cpu_smoke"): v for k, v in produced.items()}
+    dirs = a.baselines or [BASELINES]
+    if a.from_dir:  # e.g. the files a GPU suite run brought back, checked or recorded on any machine
+        produced = {_run_name(path): path for path in sorted(a.from_dir.glob("kernels_*.json"))}
     else:
+        import torch
+
+        cpu = a.cpu or not torch.cuda.is_available()
         produced = run_benchmarks(a.out or Path(tempfile.mkdtemp(prefix="sft-bench-kernels-")), cpu)
-    failures = []
+    failures, notes = [], []
     for name, path in produced.items():
-        ratios = extract_ratios(json.loads(path.read_text()))
-        baseline_file = a.baselines / f"{name}.json"
+        record = json.loads(path.read_text())
+        ratios = extract_ratios(record)
+        slug = device_slug(str(record.get("environment", {}).get("device", "unknown")))
+        if not ratios:
+            failures.append(f"{name}: the run reported no speed-up ratios (every arm failed?), see {path}")
+            continue
         if a.update_baseline:
-            a.baselines.mkdir(parents=True, exist_ok=True)
-            baseline_file.write_text(json.dumps({"source": str(path), "ratios": ratios}, indent=2) + "\n")
-            print(f"baseline {baseline_file}: {len(ratios)} ratios")
+            target = dirs[0] / slug / f"{name}.json"
+            write_baseline(target, record, path, ratios)
+            print(f"baseline {target}: {len(ratios)} ratios")
             continue
         if not a.check:
             continue
-        if not baseline_file.is_file():
+        baseline_file = find_baseline(dirs, slug, name)
+        if baseline_file is None and a.record_missing:
+            target = a.record_missing / slug / f"{name}.json"
+            write_baseline(target, record, path, ratios)
+            notes.append(
+                f"{name}: no baseline for {slug} in {', '.join(map(str, dirs))}: recorded this run's "
+                f"{len(ratios)} ratios as the baseline in {target}; later runs on this device are gated "
+                f"against it (commit it under bench/baselines/{slug}/ to keep it for every runner)"
+            )
+            continue
+        if baseline_file is None:
             failures.append(
-                f"{name}: no baseline at {baseline_file} (run with --update-baseline on a reference run)"
+                f"{name}: no baseline for {slug} in {', '.join(map(str, dirs))} (record one with "
+                "--update-baseline, or let a first run record it with --record-missing DIR)"
             )
             continue
         baseline = json.loads(baseline_file.read_text())["ratios"]
         found = compare(ratios, baseline, a.fraction)
-        print(f"{name}: {len(baseline) - len(found)}/{len(baseline)} ratios within {a.fraction:g} x baseline")
+        notes.append(
+            f"{name}: {len(baseline) - len(found)}/{len(baseline)} ratios within {a.fraction:g} x "
+            f"baseline {baseline_file}"
+        )
         failures += [f"{name}: {f}" for f in found]
+    for note in notes:
+        print(note)
     for f in failures:
         print("FAIL " + f, file=sys.stderr)
+    if a.summary:
+        with open(a.summary, "a", encoding="utf-8") as f:
+            f.write("### Kernel speed gate\n\n" + "".join(f"- {n}\n" for n in notes))
+            f.write("".join(f"- **FAIL** {x}\n" for x in failures) + "\n")
     if failures:
         raise SystemExit(1)
 

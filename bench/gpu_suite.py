@@ -7,6 +7,8 @@ Steps, in order, each in its own process group with a hard time budget (killed w
 suite goes on, so a failing step still leaves the others' results and the log):
 
   install            pip-installs the carried wheels (.whl/) into --site, put first on the steps' PYTHONPATH
+  preflight          which of the modules the steps use are importable, and their versions (fails when
+                     torch, triton, transformers or pytest is missing)
   nvidia-smi         the device as the driver sees it
   kernel-tests       pytest tests/test_kernels_cuda.py (compiled Triton, TRITON_INTERPRET unset)
   kernels-ce         bench.kernels_cross_entropy --quick
@@ -47,6 +49,26 @@ MAX_FILES = 8
 TOTAL_BUDGET_S = 500  # the device call must stay under 9 minutes, machine start not counted
 # torch.compile arms are left out: their compile time would eat the budget.
 SLOW_TRAIN_ARMS = {"ours-compile"}
+REQUIRED = ("torch", "triton", "transformers", "pytest")
+OPTIONAL = ("tokenizers", "accelerate", "liger_kernel", "matplotlib", "datasets", "optimum")
+# Run in the steps' environment: finds each module's spec (no import) and its installed version.
+_PREFLIGHT = """
+import importlib.metadata as md, importlib.util as u, sys
+dist = {"liger_kernel": "liger-kernel"}
+missing = []
+for m in sys.argv[1].split(",") + sys.argv[2].split(","):
+    spec = u.find_spec(m)
+    try:
+        version = md.version(dist.get(m, m))
+    except md.PackageNotFoundError:
+        version = None
+    print(f"{m:<14} {'MISSING' if spec is None else version or 'found'}"
+          f"{'' if spec is None else '  ' + str(spec.origin)}")
+    if spec is None and m in sys.argv[1].split(","):
+        missing.append(m)
+print(f"python {sys.version.split()[0]} at {sys.executable}")
+sys.exit(f"missing required modules: {', '.join(missing)}" if missing else 0)
+"""
 
 
 @dataclass
@@ -82,6 +104,7 @@ def plan(*, out: Path, dry_run: bool, site: Path, work: Path, python: str = sys.
     bench = [python, "-m"]
     return [
         Step("install", install, 45, skip=install_skip),
+        Step("preflight", [python, "-c", _PREFLIGHT, ",".join(REQUIRED), ",".join(OPTIONAL)], 10),
         Step("nvidia-smi", ["nvidia-smi"], 10, skip=_no_nvidia_smi(dry_run)),
         Step("kernel-tests", tests, 100),
         Step(
@@ -100,7 +123,7 @@ def plan(*, out: Path, dry_run: bool, site: Path, work: Path, python: str = sys.
             "train",
             [*bench, "bench.train_speed", "--workload", "all", "--arms", ",".join(arms), *train]
             + ["--out", str(out)],
-            190,
+            180,
             [f"train_speed{smoke}.json", f"train_speed{smoke}.png"],
         ),
     ]

@@ -47,17 +47,26 @@ CUDA_ONLY = {"ours-triton", "ours-packed"}
 DECODER_ONLY = {"ours-packed"}
 
 
+LENGTH_DATA = {"encoder": SHARED / "sst2" / "train.tsv", "decoder": SHARED / "alpaca" / "alpaca_data.json"}
+
+
+def length_source(workload: str) -> str:
+    """Where the workload's example lengths come from (recorded with the results)."""
+    path = LENGTH_DATA[workload]
+    return str(path) if path.exists() else "synthetic log-normal (no ../shared/data here)"
+
+
 def lengths_for(workload: str, n: int, max_len: int, seed: int = 0) -> list[tuple[int, int]]:
     """(total length, prompt length) of n examples, from the real data's word counts when present."""
     rng = random.Random(seed)
     if workload == "encoder":
-        path = SHARED / "sst2" / "train.tsv"
+        path = LENGTH_DATA["encoder"]
         if path.exists():
             words = [len(line.split("\t")[0].split()) for line in path.read_text().splitlines()[1:]]
         else:
             words = [max(1, int(rng.lognormvariate(2.3, 0.6))) for _ in range(5000)]
         return [(min(max_len, int(rng.choice(words) * 1.3) + 2), 0) for _ in range(n)]
-    path = SHARED / "alpaca" / "alpaca_data.json"
+    path = LENGTH_DATA["decoder"]
     if path.exists():
         recs = json.loads(path.read_text())
         pairs = [(len((r["instruction"] + " " + r["input"]).split()), len(r["output"].split())) for r in recs]
@@ -379,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     workloads = ["encoder", "decoder"] if a.workload == "all" else [a.workload]
     name = "train_speed_cpu_smoke" if a.cpu_smoke else "train_speed"
     out_dir = Path(a.out) if a.out else None
+    lengths_from = {w: length_source(w) for w in workloads}
     rows = []
     for workload in workloads:
         for arm in arms:
@@ -390,10 +400,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(_run_arm_process(arm, workload, a))
             print(rows[-1], flush=True)
             # the record so far, so a run stopped from outside still leaves the arms it finished
-            write_json(name, {"args": vars(a), "complete": False, "results": rows}, out_dir)
+            partial = {"args": vars(a), "lengths_from": lengths_from, "complete": False, "results": rows}
+            write_json(name, partial, out_dir)
     _add_ratios(rows)
     print_table(rows, COLUMNS)
-    payload = {"args": vars(a), "complete": True, "results": rows}
+    payload = {"args": vars(a), "lengths_from": lengths_from, "complete": True, "results": rows}
     write_outputs(name, payload, out_dir, functools.partial(draw, rows=rows))
 
 

@@ -39,13 +39,14 @@ def test_dry_run_writes_the_file_set_with_environment(tmp_path):
     steps = {s["step"]: s for s in suite["steps"]}
     assert list(steps) == [
         "install",
+        "preflight",
         "nvidia-smi",
         "kernel-tests",
         "kernels-ce",
         "kernels-attention",
         "train",
     ]
-    assert steps["install"]["status"] == "skipped: dry run"
+    assert steps["install"]["status"] == "skipped: dry run" and steps["preflight"]["status"] == "ok"
     # without CUDA every kernel test is collected and skipped, and the JUnit report says so
     tests = steps["kernel-tests"]["tests"]
     assert tests["tests"] > 0 and tests["skipped"] == tests["tests"] and tests["failed"] == []
