@@ -142,15 +142,18 @@ PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 
 
 class GroupedHelp(TyperCommand):
-    """Click's plain help, with the options in the sections named by their rich_help_panel."""
+    """Click's plain help, with the options in sections named by their rich_help_panel: the ungrouped ones
+    (--config, --help) first, then the PANELS in order."""
 
     def format_options(self, ctx, formatter) -> None:
-        sections: dict[str, list[tuple[str, str]]] = {}
+        sections: dict[str, list[tuple[str, str]]] = {"Options": [], **{name: [] for name in PANELS}}
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None:
                 sections.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
         for name, records in sections.items():
+            if not records:
+                continue
             with formatter.section(name):
                 formatter.write_dl(records)
 
