@@ -285,10 +285,22 @@ class ImageClassification(Task):
         return cross_entropy(
             logits,
             batch["labels"],
+            weight=getattr(self, "class_weight", None),  # --class-weights, set by the training loop
             label_smoothing=self.cfg.label_smoothing,
             backend=kernels_backend,
             inplace=False,
         )
+
+    def label_counts(self, rows) -> list[int]:
+        """Training examples per label (--class-weights balanced); for multi-label, images carrying it."""
+        counts = [0] * len(self.labels.names)
+        for r in rows:
+            if self.problem == "single-label":
+                counts[r["label"]] += 1
+            else:
+                for i, value in enumerate(r["label"]):
+                    counts[i] += int(value > 0.5)
+        return counts
 
     @torch.no_grad()
     def evaluate(self, model, rows, pad_id, device, batch_size, kernels_backend):

@@ -253,3 +253,19 @@ def test_lora_on_vit_trains_adapters_and_the_full_head(tmp_path):
     resnet = ResNetForImageClassification.from_pretrained(write_tiny_resnet(tmp_path / "resnet"))
     with pytest.raises(InputError, match="use --freeze all-but-head for CNNs"):
         lora_settings(resnet)
+
+
+def test_class_weights_reach_the_loss(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    model_dir = write_tiny_resnet(tmp_path / "model")
+    root = write_image_folder(tmp_path / "train", per_class=3)
+    task = make_task(cfg(root))
+    rows, _ = task.encode(task.load_processor(str(model_dir)))
+    assert task.label_counts(rows) == [3, 3, 3]
+    model = AutoModelForImageClassification.from_pretrained(model_dir, **task.model_kwargs()).eval()
+    batch = task.collate(rows, 0, torch.device("cpu"))
+    task.class_weight = torch.tensor([1.0, 0.0, 0.0])
+    logits = model(pixel_values=batch["pixel_values"]).logits
+    expected = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=task.class_weight)
+    assert torch.allclose(task.loss(model, batch, "torch"), expected, atol=1e-6)
