@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import sys
 import typing
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def train_command(config: Path | None = None, **options) -> None:
     if isinstance(options.get("lora_targets"), str):
         options["lora_targets"] = [t.strip() for t in options["lora_targets"].split(",") if t.strip()]
     cfg = load_config(config, options)
-    result = run_train(cfg)
+    result = run_train(cfg, command=["sft-train", *sys.argv[1:]])  # argv[0] differs under torchrun
     summary = f"saved {result.output_dir} after {result.steps} steps in {result.train_seconds:.1f}s"
     m = result.metrics
     shown = [k for k in ("accuracy", "f1_macro", "f1", "perplexity", "rmse") if k in m]

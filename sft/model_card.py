@@ -53,7 +53,7 @@ def model_card(
     data: list[DataSplit],
     metrics: dict[str, Any],
     train_summary: dict[str, Any],
-    command: list[str],
+    command: list[str] | None,
 ) -> str:
     """The card's Markdown text. `metrics` is the evaluation of the saved model ({} without eval data)."""
     import yaml
@@ -87,10 +87,16 @@ def model_card(
             [[k.replace("_", " "), _number(v)] for k, v in train_summary.items() if v is not None],
         ),
         "## Command",
-        f"```bash\n{shlex.join(command)}\n```",
+        *_command(command),
         "The resolved options are in `train_config.yaml`: `sft-train --config train_config.yaml` reruns it.",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _command(command: list[str] | None) -> list[str]:
+    if command is None:
+        return ["Trained through the Python API (`sft.train`)."]
+    return [f"```bash\n{shlex.join(command)}\n```"]
 
 
 def _data_sentence(data: list[DataSplit]) -> str:

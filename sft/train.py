@@ -19,7 +19,6 @@ import contextlib
 import math
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +76,8 @@ class Run:
     say: Callable[[str], None]  # print on the main process only
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, *, command: list[str] | None = None) -> TrainResult:
+    """Fine-tune as `cfg` says. `command`: the command line that asked for it, for the model card."""
     cfg.validate()
     run = setup(cfg)
     progress, resumed = resume(run)
@@ -86,7 +86,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         run_loop(run, progress, log)
         metrics = restore_best(run, progress)
         log.event("end", **_summary(progress))
-    finish(run, progress, metrics)
+    finish(run, progress, metrics, command)
     return TrainResult(Path(cfg.output), metrics, progress.step, progress.train_seconds, progress.last_loss)
 
 
@@ -106,13 +106,7 @@ def setup(cfg: TrainConfig) -> Run:
     model, notes = prepare_model(model, cfg, task, kernels_backend)
     for line in notes:
         say(line)
-    class_weights = resolve_class_weights(cfg, task, train_rows)
-    if class_weights is not None:
-        task.class_weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
-        say(
-            f"class weights ({cfg.class_weights}): "
-            + ", ".join(f"{name} {w:.4g}" for name, w in zip(task.labels.names, class_weights, strict=True))
-        )
+    class_weights = use_class_weights(cfg, task, train_rows, device, say)
     unsup = _unsup_objective(cfg, model, tokenizer, model_path)
     model.to(device)
     if unsup is not None:
@@ -138,9 +132,7 @@ def setup(cfg: TrainConfig) -> Run:
         train_rows=train_rows,
         eval_rows=eval_rows,
         class_weights=class_weights,
-        pad_id=tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else (tokenizer.eos_token_id or 0),
+        pad_id=_pad_id(tokenizer),
         device=device,
         kernels_backend=kernels_backend,
         run_dir=run_dir_for(Path(cfg.output)),
@@ -162,6 +154,20 @@ def load_task_and_model(cfg: TrainConfig):
     if not train_rows:
         raise InputError(f"{cfg.train}: no usable training rows after tokenization")
     return task, model_path, tokenizer, model, train_rows, eval_rows
+
+
+def use_class_weights(cfg: TrainConfig, task: Task, train_rows, device, say) -> list[float] | None:
+    """--class-weights resolved against the training labels and handed to the task's loss."""
+    weights = resolve_class_weights(cfg, task, train_rows)
+    if weights is not None:
+        task.class_weight = torch.tensor(weights, dtype=torch.float32, device=device)
+        named = zip(task.labels.names, weights, strict=True)
+        say(f"class weights ({cfg.class_weights}): " + ", ".join(f"{name} {w:.4g}" for name, w in named))
+    return weights
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def build_optimizer(cfg: TrainConfig, model, unsup, total_steps: int, say: Callable[[str], None]):
@@ -402,7 +408,7 @@ def save_resumable_state(run: Run, progress: TrainingProgress) -> None:
 # -- finish --------------------------------------------------------------------------------------------
 
 
-def finish(run: Run, progress: TrainingProgress, metrics: dict[str, Any]) -> None:
+def finish(run: Run, progress: TrainingProgress, metrics: dict[str, Any], command: list[str] | None) -> None:
     """Write the checkpoint (model, tokenizer, config, metrics, log, plots, model card) and rename it into
     place; then the run directory goes."""
     dist = run.dist
@@ -411,7 +417,7 @@ def finish(run: Run, progress: TrainingProgress, metrics: dict[str, Any]) -> Non
         output = Path(run.cfg.output)
         work = fresh_work_dir(output)
         try:
-            _write_checkpoint(work, run, progress, metrics, model_state)
+            _write_checkpoint(work, run, progress, metrics, model_state, command)
             replace_dir(work, output)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -421,10 +427,10 @@ def finish(run: Run, progress: TrainingProgress, metrics: dict[str, Any]) -> Non
     dist.close()
 
 
-def _write_checkpoint(work: Path, run: Run, progress: TrainingProgress, metrics, model_state) -> None:
+def _write_checkpoint(
+    work: Path, run: Run, progress: TrainingProgress, metrics, model_state, command
+) -> None:
     import yaml
-
-    from .model_card import DataSplit, model_card
 
     cfg, model = run.cfg, run.model
     if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the base weights
@@ -437,11 +443,17 @@ def _write_checkpoint(work: Path, run: Run, progress: TrainingProgress, metrics,
     shutil.copy2(run.run_dir / "train_log.jsonl", work / "train_log.jsonl")
     if (run.run_dir / "tensorboard").is_dir():
         shutil.copytree(run.run_dir / "tensorboard", work / "tensorboard")
-    labels = run.task.labels.names if run.task.labels else None
     if cfg.plots:
         from .plots import write_plots
 
-        write_plots(work, labels)
+        write_plots(work, run.task.labels.names if run.task.labels else None)
+    _write_model_card(work, run, metrics, summary, command)
+
+
+def _write_model_card(work: Path, run: Run, metrics, summary, command: list[str] | None) -> None:
+    from .model_card import DataSplit, model_card
+
+    cfg = run.cfg
     data = [DataSplit("train", cfg.train, len(run.train_rows))]
     if run.eval_rows is not None:
         data.append(DataSplit("eval", cfg.eval, len(run.eval_rows)))
@@ -449,12 +461,12 @@ def _write_checkpoint(work: Path, run: Run, progress: TrainingProgress, metrics,
         title=Path(cfg.output).name,
         config=cfg.to_dict(),
         base_model=run.model_path,
-        labels=labels,
+        labels=run.task.labels.names if run.task.labels else None,
         class_weights=run.class_weights,
         data=data,
         metrics=metrics,
         train_summary=summary,
-        command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+        command=command,
     )
     (work / "README.md").write_text(card, encoding="utf-8")
 

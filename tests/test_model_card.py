@@ -79,7 +79,7 @@ def test_card_for_a_hub_base_model_without_labels_or_eval():
         data=[DataSplit("train", "tatsu-lab/alpaca:train", 5000)],
         metrics={},
         train_summary={"steps": 10, "final_train_loss": 1.23456, "best_step": None},
-        command=["sft-train", "--task", "causal-lm", "--train", "tatsu-lab/alpaca:train", "--lr", "1e-4"],
+        command=None,  # called from Python, not the command line
     )
     front = _front_matter(card)
     assert front["base_model"] == "Qwen/Qwen2.5-0.5B" and front["pipeline_tag"] == "text-generation"
@@ -87,3 +87,4 @@ def test_card_for_a_hub_base_model_without_labels_or_eval():
     assert "No evaluation data was given" in card and "| label |" not in card
     assert "`eval`" not in card  # unset options are left out
     assert "| final train loss | 1.2346 |" in card and "best step" not in card
+    assert "Trained through the Python API" in card and "```bash" not in card
