@@ -72,6 +72,10 @@ def export_onnx(
     output = Path(output)
     _check_options(atol, opset, optimize, quantize, max_accuracy_drop)
     ckpt = inspect_checkpoint(checkpoint, task)
+    if ckpt.task == IMAGE_TASK:
+        from .vision import check_image_processor
+
+        check_image_processor(ckpt)
     max_length = max_length or max_length_of(ckpt)
     eval_set = None
     if eval_file is not None:

@@ -22,6 +22,17 @@ IMAGE_TASK = "image-classification"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
+def check_image_processor(checkpoint: Checkpoint) -> None:
+    """serve must be able to redo the checkpoint's preprocessing in numpy; refuse before exporting if not."""
+    from serve.errors import ServeError
+    from serve.images import ImagePreprocessor
+
+    try:
+        ImagePreprocessor.from_dir(checkpoint.tokenizer_dir)
+    except ServeError as e:
+        raise InputError(f"{e} (serve redoes it in numpy)") from None
+
+
 def generated_images(count: int = 12, seed: int = 0) -> list[Any]:
     """Random RGB images from 2x2 to 300 pixels a side, square and not, noise and flat colour. (No height
     of 1 or 3: transformers would read such an array's first axis as the channels.)"""

@@ -33,7 +33,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 # transformers' PILImageResampling values are Pillow's
 RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
 # Processors whose preprocess is: (resize) -> (center crop) -> (rescale) -> (normalize), in that order.
-SIZE_HW_PROCESSORS = {"ViTImageProcessor", "DeiTImageProcessor", "SwinImageProcessor"}
+SIZE_HW_PROCESSORS = {
+    "ViTImageProcessor",
+    "DeiTImageProcessor",
+    "SwinImageProcessor",
+    "EfficientNetImageProcessor",
+}
 SHORTEST_EDGE_PROCESSORS = {
     "BitImageProcessor",
     "MobileNetV1ImageProcessor",
@@ -139,6 +144,11 @@ class ImagePreprocessor:
         self.crop_size = (crop.get("height"), crop.get("width")) if self.do_center_crop else None
         self.do_rescale = config.get("do_rescale", True)
         self.rescale_factor = float(config.get("rescale_factor", 1 / 255))
+        # EfficientNet: rescale to [-1, 1] (x * factor - 1), and a second division by std (include_top)
+        self.rescale_offset = kind == "EfficientNetImageProcessor" and bool(
+            config.get("rescale_offset", False)
+        )
+        self.include_top = kind == "EfficientNetImageProcessor" and bool(config.get("include_top", True))
         self.do_normalize = config.get("do_normalize", True)
         self.mean = np.asarray(config.get("image_mean", [0.5, 0.5, 0.5]), dtype=np.float32)
         self.std = np.asarray(config.get("image_std", [0.5, 0.5, 0.5]), dtype=np.float32)
@@ -200,8 +210,12 @@ class ImagePreprocessor:
             x = center_crop(x, *crop)
         x = x.astype(np.float32) if not self.do_rescale else (x.astype(np.float64) * self.rescale_factor)
         x = x.astype(np.float32)
+        if self.do_rescale and self.rescale_offset:
+            x = x - np.float32(1)
         if self.do_normalize:
             x = (x - self.mean) / self.std
+        if self.include_top:
+            x = x / self.std
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 

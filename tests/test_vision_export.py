@@ -65,6 +65,10 @@ def test_bad_eval_folder_is_one_line_before_any_export(tmp_path):
     (eval_dir / "red" / "0.jpg").write_bytes(b"garbage")
     with pytest.raises(InputError, match=r"red/0.jpg: not an image"):
         export_onnx(model_dir, tmp_path / "bundle", eval_file=eval_dir)
+    config = json.loads((model_dir / "preprocessor_config.json").read_text())
+    (model_dir / "preprocessor_config.json").write_text(json.dumps({**config, "image_processor_type": "X"}))
+    with pytest.raises(InputError, match="image_processor_type 'X' is not supported"):
+        export_onnx(model_dir, tmp_path / "bundle")
     (model_dir / "preprocessor_config.json").unlink()
     with pytest.raises(InputError, match="no preprocessor_config.json"):
         export_onnx(model_dir, tmp_path / "bundle")
@@ -131,6 +135,22 @@ def test_decompression_bomb_is_refused_without_decoding():
         ("ConvNextImageProcessor", {"size": {"shortest_edge": 32}}),
         ("ConvNextImageProcessor", {"size": {"shortest_edge": 384}, "resample": 3}),
         ("BitImageProcessor", {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}),
+        (
+            "MobileNetV2ImageProcessor",
+            {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}},
+        ),
+        (
+            "EfficientNetImageProcessor",
+            {"size": {"height": 40, "width": 40}, "crop_size": {"height": 32, "width": 32}},
+        ),
+        (
+            "EfficientNetImageProcessor",
+            {"rescale_offset": True, "include_top": False, "do_center_crop": False},
+        ),
+        (
+            "DeiTImageProcessor",
+            {"size": {"height": 40, "width": 40}, "crop_size": {"height": 32, "width": 32}},
+        ),
     ],
 )
 def test_numpy_preprocessing_is_the_image_processor_exactly(tmp_path, processor):
