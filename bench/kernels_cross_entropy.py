@@ -154,7 +154,7 @@ def bench_ce_shape(
     *,
     device: str,
     dtype: torch.dtype,
-    timer: Timer,
+    time_ms: Timer,
     copy_gbs: float | None,
 ) -> list[dict[str, Any]]:
     import torch
@@ -178,8 +178,8 @@ def bench_ce_shape(
             loss = x.grad = None  # the graph of the first call must not stay alive (nor count as memory)
             sync(device)
             row["peak_mib"] = peak_mib(fwd_bwd, device)
-            row["fwd_ms"] = timer(fwd)
-            row["fwd_bwd_ms"] = timer(fwd_bwd)
+            row["fwd_ms"] = time_ms(fwd)
+            row["fwd_bwd_ms"] = time_ms(fwd_bwd)
             row["bwd_ms"] = row["fwd_bwd_ms"] - row["fwd_ms"]
             row["gbs"] = 2 * n * v * x.element_size() / (row["fwd_bwd_ms"] * 1e-3) / 1e9
             if copy_gbs:
@@ -202,7 +202,7 @@ def bench_flce_shape(
     *,
     device: str,
     dtype: torch.dtype,
-    timer: Timer,
+    time_ms: Timer,
 ) -> list[dict[str, Any]]:
     import torch
 
@@ -229,7 +229,7 @@ def bench_flce_shape(
             loss.backward()
             loss = hid.grad = w.grad = None
             row["peak_mib"] = peak_mib(fwd_bwd, device)
-            row["fwd_bwd_ms"] = timer(fwd_bwd)
+            row["fwd_bwd_ms"] = time_ms(fwd_bwd)
         except Exception as exc:
             row["status"] = failure_status(exc)
         finally:
@@ -272,7 +272,7 @@ def _fixed_launch_config(n_cols: int, *, block: int, warps: int) -> tuple[int, i
     return block, warps, n_cols <= block
 
 
-def sweep_ce_configs(n: int, v: int, timer: Timer) -> list[dict[str, Any]]:
+def sweep_ce_configs(n: int, v: int, time_ms: Timer) -> list[dict[str, Any]]:
     """Time our CE fwd+bwd for several (BLOCK, num_warps) launch configs (to tune ``_launch_config``)."""
     import torch
 
@@ -286,7 +286,7 @@ def sweep_ce_configs(n: int, v: int, timer: Timer) -> list[dict[str, Any]]:
             ce._launch_config = functools.partial(_fixed_launch_config, block=block, warps=warps)
             arms = {f"BLOCK={block},warps={warps}": arm}
             rows += bench_ce_shape(
-                n, v, arms, device="cuda", dtype=torch.bfloat16, timer=timer, copy_gbs=None
+                n, v, arms, device="cuda", dtype=torch.bfloat16, time_ms=time_ms, copy_gbs=None
             )
     finally:
         ce._launch_config = default
@@ -377,10 +377,10 @@ def run_cpu_smoke(out_dir: Path | str | None = None) -> dict[str, Any]:
     ce_rows = []
     for n, v in ((64, 37), (64, 1000)):
         ce_rows += bench_ce_shape(
-            n, v, ce_arms("cpu"), device="cpu", dtype=torch.float32, timer=cpu_timer, copy_gbs=None
+            n, v, ce_arms("cpu"), device="cpu", dtype=torch.float32, time_ms=cpu_timer, copy_gbs=None
         )
     flce_rows = bench_flce_shape(
-        64, 32, 1000, flce_arms("cpu"), device="cpu", dtype=torch.float32, timer=cpu_timer
+        64, 32, 1000, flce_arms("cpu"), device="cpu", dtype=torch.float32, time_ms=cpu_timer
     )
     payload = {
         "mode": "cpu-smoke",
@@ -430,14 +430,14 @@ def main(argv: list[str] | None = None) -> None:
         for v in vs:
             print(f"cross-entropy N={n} V={v} ...", flush=True)
             ce_rows += bench_ce_shape(
-                n, v, arms, device="cuda", dtype=torch.bfloat16, timer=cuda_time_ms, copy_gbs=copy_gbs
+                n, v, arms, device="cuda", dtype=torch.bfloat16, time_ms=cuda_time_ms, copy_gbs=copy_gbs
             )
     sweep = sweep_ce_configs(16384, 131072, cuda_time_ms) if args.sweep else []
     flce_rows = []
     for n in FLCE_NS[:1] if args.quick else FLCE_NS:
         print(f"linear + cross-entropy N={n} H={FLCE_H} V={FLCE_V} ...", flush=True)
         flce_rows += bench_flce_shape(
-            n, FLCE_H, FLCE_V, flce_arms("cuda"), device="cuda", dtype=torch.bfloat16, timer=cuda_time_ms
+            n, FLCE_H, FLCE_V, flce_arms("cuda"), device="cuda", dtype=torch.bfloat16, time_ms=cuda_time_ms
         )
     payload = {
         "mode": "quick" if args.quick else "full",
