@@ -251,3 +251,12 @@ def test_predict_over_a_folder_and_a_bad_image(exported, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "green/0.jpg" in err and "\n" not in err
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_serve_images_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, serve.images; print(sorted(m for m in ('torch', 'transformers', 'optimum', 'sft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
