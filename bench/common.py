@@ -172,6 +172,19 @@ def failure_status(exc: BaseException) -> str:
     return "oom" if is_oom(exc) else f"error: {type(exc).__name__}: {exc}"[:200]
 
 
+def run_arm(row: dict[str, Any], device: Any, measure: Callable[..., None], /, *args: Any, **kwargs: Any):
+    """``measure(row, *args, **kwargs)`` fills in one arm's row. A failure (out of memory or any error)
+    becomes the row's ``status`` instead of ending the benchmark; the measurement's tensors go with its
+    frame and the device cache is emptied before the next arm. Returns the row."""
+    try:
+        measure(row, *args, **kwargs)
+    except Exception as exc:
+        row["status"] = failure_status(exc)
+    free(device)
+    row.setdefault("status", "ok")
+    return row
+
+
 def peak_mib(fn: Callable[[], Any], device: Any) -> float | None:
     """Peak memory of one call of ``fn`` above what was allocated before it, in MiB (None on CPU)."""
     if not _is_cuda(device):

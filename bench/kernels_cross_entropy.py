@@ -33,11 +33,10 @@ from typing import TYPE_CHECKING, Any
 from bench.common import (
     RESULTS_DIR,
     cuda_time_ms,
-    failure_status,
-    free,
     measured_copy_bandwidth_gbs,
     peak_mib,
     print_table,
+    run_arm,
     sync,
     timer,
     write_outputs,
@@ -147,6 +146,31 @@ def _reference_ce(x: torch.Tensor, t: torch.Tensor, rows: int = 2048) -> float:
     return float(total / x.shape[0])
 
 
+def _measure_ce(row, fn: Arm, *, n, v, device, dtype, time_ms: Timer, copy_gbs, ref: dict) -> None:
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(n * 7 + v)
+    x = torch.randn(n, v, device=device, dtype=dtype, generator=g).requires_grad_()
+    t = torch.randint(0, v, (n,), device=device, generator=g)
+    if "loss" not in ref:
+        ref["loss"] = _reference_ce(x, t)
+    fwd = functools.partial(fn, x, t)
+    fwd_bwd = functools.partial(_ce_fwd_bwd, fn, x, t)
+    x.grad = None
+    loss = fn(x, t)  # first call: warm-up/compile and correctness (in-place arms destroy x after it)
+    row["loss_err"] = abs(float(loss.detach().float()) - ref["loss"])
+    loss.backward()
+    loss = x.grad = None  # the graph of the first call must not stay alive (nor count as memory)
+    sync(device)
+    row["peak_mib"] = peak_mib(fwd_bwd, device)
+    row["fwd_ms"] = time_ms(fwd)
+    row["fwd_bwd_ms"] = time_ms(fwd_bwd)
+    row["bwd_ms"] = row["fwd_bwd_ms"] - row["fwd_ms"]
+    row["gbs"] = 2 * n * v * x.element_size() / (row["fwd_bwd_ms"] * 1e-3) / 1e9
+    if copy_gbs:
+        row["pct_copy_bw"] = 100 * row["gbs"] / copy_gbs
+
+
 def bench_ce_shape(
     n: int,
     v: int,
@@ -157,41 +181,30 @@ def bench_ce_shape(
     time_ms: Timer,
     copy_gbs: float | None,
 ) -> list[dict[str, Any]]:
-    import torch
-
-    rows, ref = [], None
+    """One row per arm at N x V; every arm sees the same logits (the loss reference is fp32 on them)."""
+    shape = dict(n=n, v=v, device=device, dtype=dtype, time_ms=time_ms, copy_gbs=copy_gbs, ref={})
+    rows = []
     for name, fn in arms.items():
         row: dict[str, Any] = {"bench": "ce", "arm": name, "N": n, "V": v, "dtype": str(dtype).split(".")[-1]}
-        x = t = loss = None
-        try:
-            g = torch.Generator(device=device).manual_seed(n * 7 + v)
-            x = torch.randn(n, v, device=device, dtype=dtype, generator=g).requires_grad_()
-            t = torch.randint(0, v, (n,), device=device, generator=g)
-            if ref is None:
-                ref = _reference_ce(x, t)
-            fwd = functools.partial(fn, x, t)
-            fwd_bwd = functools.partial(_ce_fwd_bwd, fn, x, t)
-            x.grad = None
-            loss = fn(x, t)  # first call: warm-up/compile and correctness (in-place arms destroy x after it)
-            row["loss_err"] = abs(float(loss.detach().float()) - ref)
-            loss.backward()
-            loss = x.grad = None  # the graph of the first call must not stay alive (nor count as memory)
-            sync(device)
-            row["peak_mib"] = peak_mib(fwd_bwd, device)
-            row["fwd_ms"] = time_ms(fwd)
-            row["fwd_bwd_ms"] = time_ms(fwd_bwd)
-            row["bwd_ms"] = row["fwd_bwd_ms"] - row["fwd_ms"]
-            row["gbs"] = 2 * n * v * x.element_size() / (row["fwd_bwd_ms"] * 1e-3) / 1e9
-            if copy_gbs:
-                row["pct_copy_bw"] = 100 * row["gbs"] / copy_gbs
-        except Exception as exc:  # one failing arm must not end the benchmark
-            row["status"] = failure_status(exc)
-        finally:
-            x = t = loss = fwd = fwd_bwd = None
-            free(device)
-        row.setdefault("status", "ok")
-        rows.append(row)
+        rows.append(run_arm(row, device, _measure_ce, fn, **shape))
     return rows
+
+
+def _measure_flce(row, fn: Arm, *, n, h, v, device, dtype, time_ms: Timer, ref: dict) -> None:
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(n + v)
+    hid = torch.randn(n, h, device=device, dtype=dtype, generator=g).requires_grad_()
+    w = (torch.randn(v, h, device=device, dtype=dtype, generator=g) * h**-0.5).requires_grad_()
+    t = torch.randint(0, v, (n,), device=device, generator=g)
+    fwd_bwd = functools.partial(_flce_fwd_bwd, fn, hid, w, t)
+    loss = fn(hid, w, t)
+    ref.setdefault("loss", float(loss.detach().float()))  # the first arm that runs ("ours") is the reference
+    row["loss_diff"] = abs(float(loss.detach().float()) - ref["loss"])
+    loss.backward()
+    loss = hid.grad = w.grad = None
+    row["peak_mib"] = peak_mib(fwd_bwd, device)
+    row["fwd_bwd_ms"] = time_ms(fwd_bwd)
 
 
 def bench_flce_shape(
@@ -204,39 +217,13 @@ def bench_flce_shape(
     dtype: torch.dtype,
     time_ms: Timer,
 ) -> list[dict[str, Any]]:
-    import torch
-
-    rows, ref = [], None
+    """One row per arm at N x H -> V, with time and memory ratios to the unfused arm."""
+    shape = dict(n=n, h=h, v=v, device=device, dtype=dtype, time_ms=time_ms, ref={})
+    rows = []
     for name, fn in arms.items():
-        row: dict[str, Any] = {
-            "bench": "flce",
-            "arm": name,
-            "N": n,
-            "H": h,
-            "V": v,
-            "dtype": str(dtype).split(".")[-1],
-        }
-        hid = w = t = loss = None
-        try:
-            g = torch.Generator(device=device).manual_seed(n + v)
-            hid = torch.randn(n, h, device=device, dtype=dtype, generator=g).requires_grad_()
-            w = (torch.randn(v, h, device=device, dtype=dtype, generator=g) * h**-0.5).requires_grad_()
-            t = torch.randint(0, v, (n,), device=device, generator=g)
-            fwd_bwd = functools.partial(_flce_fwd_bwd, fn, hid, w, t)
-            loss = fn(hid, w, t)
-            ref = float(loss.detach().float()) if ref is None else ref  # first arm ("ours") is the reference
-            row["loss_diff"] = abs(float(loss.detach().float()) - ref)
-            loss.backward()
-            loss = hid.grad = w.grad = None
-            row["peak_mib"] = peak_mib(fwd_bwd, device)
-            row["fwd_bwd_ms"] = time_ms(fwd_bwd)
-        except Exception as exc:
-            row["status"] = failure_status(exc)
-        finally:
-            hid = w = t = loss = fwd_bwd = None
-            free(device)
-        row.setdefault("status", "ok")
-        rows.append(row)
+        row: dict[str, Any] = {"bench": "flce", "arm": name, "N": n, "H": h, "V": v}
+        row["dtype"] = str(dtype).split(".")[-1]
+        rows.append(run_arm(row, device, _measure_flce, fn, **shape))
     _add_ratios(rows, base="unfused")
     return rows
 

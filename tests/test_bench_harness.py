@@ -192,3 +192,24 @@ def test_load_benchmark_against_a_real_daemon(tiny_bundle, tiny_checkpoint, tmp_
     assert [r["batch_size"] for r in record["model_alone"]] == [1, 4]
     assert record["summary"]["served_over_model_alone_at_4"] > 0
     assert (tmp_path / "serve_load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_arm_is_recorded_and_the_next_one_runs():
+    """bench.common.run_arm: out of memory and other errors become the row's status, the benchmark goes on."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.common import timer
+    from bench.kernels_cross_entropy import bench_ce_shape
+
+    def out_of_memory(x, t):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def broken(x, t):
+        raise ValueError("bad shape")
+
+    arms = {"oom": out_of_memory, "broken": broken, "eager": F.cross_entropy}
+    once = timer("cpu", repeats=1, warmup=0)
+    rows = bench_ce_shape(8, 16, arms, device="cpu", dtype=torch.float32, time_ms=once, copy_gbs=None)
+    assert [r["status"] for r in rows] == ["oom", "error: ValueError: bad shape", "ok"]
+    assert rows[2]["loss_err"] < 1e-5 and rows[2]["fwd_bwd_ms"] > 0 and "fwd_ms" not in rows[0]
