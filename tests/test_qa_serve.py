@@ -213,3 +213,16 @@ class _FakeOnnx:
         fake.session = None
         fake.input_names = ["input_ids", "attention_mask", "token_type_ids"]
         return fake
+
+
+def test_serve_qa_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = "import serve.qa, sys; print(' '.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert not loaded & {"torch", "transformers", "optimum"}
