@@ -1,65 +1,46 @@
-"""The daemon: HTTP -> request checks -> tokenization -> dynamic batcher -> onnxruntime, in TEI's shape.
+"""The daemon's ASGI app: request checks -> tokenization -> dynamic batcher -> onnxruntime, in TEI's shape
+and the Open Inference Protocol's (serve.oip). serve.server runs it on uvicorn.
 
-Routes (every POST body is checked against the schema served at /openapi.json):
+Routes (every POST body is decoded into the msgspec types of serve.schemas, which also make the document
+served at /openapi.json):
   POST /predict   classification bundles, TEI's /predict: a string -> one result, a list -> one result each
   POST /generate  causal-LM bundles, text-generation-inference's /generate
   POST /          the Hugging Face Inference API shape, what `InferenceClient(base_url=...)` posts
   POST /tokenize  tokens with character offsets (TEI's /tokenize)
   GET  /health /info /metrics /openapi.json
-Errors are {"error", "error_type"}: 400 bad JSON or empty batch, 401, 413 too large, 422 schema or
-tokenizer, 424 model failure, 429 overloaded, 503 not ready or draining.
+  /v2/...         Open Inference Protocol v2 (KServe, Triton): health, model metadata, infer
+Errors are {"error", "error_type"}: 400 bad JSON or empty batch, 401, 404, 405, 413 too large, 422 schema
+or tokenizer, 424 model failure, 429 overloaded, 503 not ready or draining.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import signal
+import hmac
 import sys
 import time
-from dataclasses import dataclass
+import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import msgspec
 
 from .batcher import Batcher
 from .encoding import InputTooLong, TokenizerFailed
-from .errors import ServeError
-from .http import HttpError, HttpServer, Request, Response
 from .metrics import ServeMetrics
+from .oip import OipRoutes
 from .openapi import document
-from .validate import SchemaError, validate
+from .options import ServeOptions
+from .schemas import GENERATION, RequestError, api_types, decode
+from .wire import HttpError, Request, Response
 
-GENERATION = "text-generation-with-past"
-DEFAULT_NEW_TOKENS = 20
-# TGI parameters this server does not implement: a request that turns one on gets a 422, not a silent no-op.
-UNSUPPORTED_GENERATION = (
-    "best_of",
-    "decoder_input_details",
-    "frequency_penalty",
-    "grammar",
-    "repetition_penalty",
-    "top_n_tokens",
-    "typical_p",
-    "watermark",
-    "adapter_id",
-)
 ENCODE_OFF_LOOP_CHARS = 16_384  # bigger requests are tokenized on a worker thread
+PUBLIC_PATHS = ("/health", "/v2/health/live", "/v2/health/ready")  # probes need no token
+_json = msgspec.json.Encoder().encode
 
 
-@dataclass
-class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_batch_tokens: int = 4096
-    max_batch_requests: int = 64
-    max_queue_delay_ms: float = 2.0
-    max_concurrent_requests: int = 512
-    max_client_batch_size: int = 256
-    max_body_bytes: int = 2 << 20
-    auto_truncate: bool = True
-    api_key: str | None = None
-    max_new_tokens: int = 256
-    drain_timeout_s: float = 30.0
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class App:
@@ -70,56 +51,126 @@ class App:
         self.metrics = ServeMetrics(self)
         self.batcher = Batcher(
             runner.run,
-            max_batch_tokens=options.max_batch_tokens,
+            max_batch_tokens=options.batch_tokens(runner.model.on_cuda),
             max_batch_requests=options.max_batch_requests,
             max_queue_delay_ms=options.max_queue_delay_ms,
             on_batch=self.metrics.record_batch,
         )
-        self.openapi = document(
-            self.task,
-            model_id=str(runner.bundle.path),
-            max_inputs=options.max_client_batch_size,
-            max_new_tokens=options.max_new_tokens,
-            auth=bool(options.api_key),
+        self.model_name = options.model_name or runner.bundle.path.resolve().name
+        types = api_types(
+            self.task, max_inputs=options.max_client_batch_size, max_new_tokens=options.max_new_tokens
         )
-        self.schemas = self.openapi["components"]["schemas"]
+        self.decoders = {n: msgspec.json.Decoder(t) for n, t in types.items() if n.endswith("Request")}
+        self.openapi = document(
+            self.task, types, model_id=str(runner.bundle.path), auth=bool(options.api_key)
+        )
+        self.openapi_body = _json(self.openapi)
+        self.api_key = options.api_key.encode() if options.api_key else None
         self.ready = False
         self.in_flight = 0
-        self.routes = {
+        self.oip = OipRoutes(self)
+        self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/health"): self.health,
             ("GET", "/info"): self.info,
             ("GET", "/metrics"): self.prometheus,
             ("GET", "/openapi.json"): self.openapi_json,
             ("POST", "/tokenize"): self.tokenize,
             ("POST", "/"): self.inference_api,
+            **self.oip.routes,
         }
         if self.task == GENERATION:
             self.routes[("POST", "/generate")] = self.generate
         else:
             self.routes[("POST", "/predict")] = self.predict
+        self.paths = {path for _, path in self.routes}
+
+    # -- ASGI ---------------------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        route, response = await self._respond(scope, receive)
+        headers = [
+            (b"content-type", response.content_type),
+            (b"content-length", str(len(response.body)).encode()),
+            *response.headers,
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+        self.metrics.record_request(route, response.status, time.perf_counter() - started)
+
+    async def _respond(self, scope, receive) -> tuple[str, Response]:
+        method, path = scope["method"], scope["path"]
+        route, params = self._route(path)
+        handler = self.routes.get((method, route)) if route else None
+        if handler is None:
+            if route is None:
+                return "other", Response.error(404, f"no route {path}", "not_found")
+            allowed = ", ".join(m for (m, p) in self.routes if p == route)
+            response = Response.error(405, f"method {method} not allowed on {path}", "validation")
+            response.headers.append((b"allow", allowed.encode()))
+            return route, response
+        headers = dict(scope["headers"])
+        if not self._authorized(route, headers):
+            response = Response.error(
+                401, "missing or wrong bearer token (Authorization: Bearer KEY)", "unauthorized"
+            )
+            response.headers.append((b"www-authenticate", b"Bearer"))
+            return route, response
+        try:
+            body = await self._read_body(headers, receive) if method == "POST" else b""
+            return route, await handler(Request(method, path, headers, body, params))
+        except RequestError as e:
+            return route, Response.error(e.status, str(e), e.error_type)
+        except Exception as e:  # a bug must not kill the connection; report it as a 500 and log it
+            print(f"sft-serve: internal error on {method} {path}:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            return route, Response.error(500, f"internal error: {type(e).__name__}", "backend")
+
+    def _route(self, path: str) -> tuple[str | None, dict[str, str]]:
+        """The route template of `path` and its parameters; None when no route has that path."""
+        if path in self.paths:
+            return path, {}
+        return self.oip.match(path)
+
+    def _authorized(self, route: str, headers: dict[bytes, bytes]) -> bool:
+        if self.api_key is None or route in PUBLIC_PATHS:
+            return True
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive) -> bytes:
+        """The whole body, Content-Length or chunked; 413 as soon as it is known to be over the limit
+        (uvicorn then discards the rest of it, so the client reads the 413 rather than a reset)."""
+        limit = self.options.max_body_bytes
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise HttpError(400, "bad Content-Length") from None
+            if declared > limit:
+                raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {limit}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HttpError(400, "the client went away before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"request body of more than {limit} bytes exceeds the limit of {limit}")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- request plumbing -------------------------------------------------------------------------
 
-    def _body(self, request: Request, schema: str) -> dict[str, Any]:
-        try:
-            body = json.loads(request.body, parse_constant=_no_constants)
-        except (ValueError, RecursionError) as e:
-            raise HttpError(400, f"request body is not valid JSON ({str(e)[:80]})") from None
-        if isinstance(body, dict) and isinstance(body.get("inputs"), list):
-            if not body["inputs"]:
-                raise HttpError(400, "inputs: the batch is empty", "empty")
-            if len(body["inputs"]) > self.options.max_client_batch_size:
-                raise HttpError(
-                    413,
-                    f"inputs: batch of {len(body['inputs'])} exceeds the limit of "
-                    f"{self.options.max_client_batch_size} (--max-client-batch-size)",
-                )
-        try:
-            return validate(body, self.schemas[schema], self.schemas)
-        except SchemaError as e:
-            raise HttpError(422, str(e)) from None
+    def body(self, request: Request, schema: str) -> Any:
+        return decode(self.decoders[schema], request.body)
 
-    def _admit(self) -> None:
+    def admit(self) -> None:
         if not self.ready:
             raise HttpError(503, "not ready (starting or shutting down)", "unhealthy")
         if self.in_flight >= self.options.max_concurrent_requests:
@@ -148,7 +199,7 @@ class App:
         except TokenizerFailed as e:
             raise HttpError(422, str(e), "tokenizer") from None
 
-    async def _infer(
+    async def infer(
         self,
         texts: list,
         options: list[dict[str, Any]],
@@ -156,7 +207,7 @@ class App:
         *,
         keep_last: int | None = None,
     ) -> list:
-        self._admit()
+        self.admit()
         self.in_flight += 1
         try:
             encodings = await self._encode(
@@ -177,82 +228,91 @@ class App:
     # -- inference routes -------------------------------------------------------------------------
 
     async def predict(self, request: Request) -> Response:
-        body = self._body(request, "PredictRequest")
-        single = isinstance(body["inputs"], str)
-        results = await self._classify(body, [body["inputs"]] if single else body["inputs"])
+        body = self.body(request, "PredictRequest")
+        single = isinstance(body.inputs, str)
+        results = await self.classify(
+            [body.inputs] if single else body.inputs,
+            body.parameters,
+            truncate=body.truncate,
+            raw_scores=getattr(body, "raw_scores", False),
+        )
         return Response.json(results[0] if single else results)
 
-    async def _classify(self, body: dict[str, Any], inputs: list) -> list:
-        params = body.get("parameters") or {}
+    async def classify(
+        self, inputs: list, params, *, truncate: bool | None = None, raw_scores: bool = False
+    ) -> list:
         if self.task == "text-classification":
             texts = [tuple(t) if isinstance(t, list) else t for t in inputs]
-            function = "none" if body.get("raw_scores") else params.get("function_to_apply")
-            options = [{"function": function, "top_k": params.get("top_k")}] * len(texts)
+            function = "none" if raw_scores else (params.function_to_apply if params else None)
+            options = [{"function": function, "top_k": params.top_k if params else None}] * len(texts)
         else:
             texts = inputs
-            ignore = params.get("ignore_labels")
+            strategy = (params.aggregation_strategy if params else None) or "simple"
+            ignore = params.ignore_labels if params else None
             options = [
                 {
                     "text": t,
-                    "aggregation_strategy": params.get("aggregation_strategy") or "simple",
+                    "aggregation_strategy": strategy,
                     "ignore_labels": ["O"] if ignore is None else ignore,
                 }
                 for t in texts
             ]
-        return await self._infer(texts, options, body.get("truncate"))
+        return await self.infer(texts, options, truncate)
 
     async def generate(self, request: Request) -> Response:
-        return Response.json(await self._generate(self._body(request, "GenerateRequest")))
+        return Response.json(await self._generate(self.body(request, "GenerateRequest")))
 
-    async def _generate(self, body: dict[str, Any]) -> dict[str, Any]:
-        from .generate import GenerationParams
+    async def _generate(self, body) -> dict[str, Any]:
+        from .generate import DEFAULT_NEW_TOKENS, GenerationParams
 
-        p = body.get("parameters") or {}
-        unsupported = [name for name in UNSUPPORTED_GENERATION if p.get(name)]
-        if unsupported:
-            raise HttpError(422, f"parameters.{unsupported[0]}: not supported by this server")
-        if body.get("stream") is True:
+        p = body.parameters
+        if p is not None:
+            unsupported = [
+                name for name in p.__struct_fields__ if name in UNSUPPORTED_GENERATION and getattr(p, name)
+            ]
+            if unsupported:
+                raise HttpError(422, f"parameters.{unsupported[0]}: not supported by this server")
+        if body.stream is True:
             raise HttpError(422, 'stream: streaming responses are not supported; send "stream": false')
+        p = p or _NO_PARAMETERS
         params = GenerationParams(
-            max_new_tokens=p.get("max_new_tokens") or min(DEFAULT_NEW_TOKENS, self.options.max_new_tokens),
-            do_sample=bool(p.get("do_sample")),
-            temperature=_or(p.get("temperature"), 1.0),
-            top_p=_or(p.get("top_p"), 1.0),
-            top_k=_or(p.get("top_k"), 0),
-            seed=p.get("seed"),
-            stop=p.get("stop") or [],
+            max_new_tokens=p.max_new_tokens or min(DEFAULT_NEW_TOKENS, self.options.max_new_tokens),
+            do_sample=bool(p.do_sample),
+            temperature=_or(p.temperature, 1.0),
+            top_p=_or(p.top_p, 1.0),
+            top_k=_or(p.top_k, 0),
+            seed=p.seed,
+            stop=p.stop or [],
         )
         # TGI's `truncate` keeps the last N prompt tokens; prompts over max_length follow --auto-truncate
-        keep_last = p.get("truncate")
+        keep_last = p.truncate
         result = (
-            await self._infer(
-                [body["inputs"]], [{"params": params}], True if keep_last else None, keep_last=keep_last
+            await self.infer(
+                [body.inputs], [{"params": params}], True if keep_last else None, keep_last=keep_last
             )
         )[0]
         text = result["generated_text"]
-        out: dict[str, Any] = {"generated_text": body["inputs"] + text if p.get("return_full_text") else text}
-        if p.get("details"):
+        out: dict[str, Any] = {"generated_text": body.inputs + text if p.return_full_text else text}
+        if p.details:
             out["details"] = result["details"]
         return out
 
     async def inference_api(self, request: Request) -> Response:
-        body = self._body(request, "InferenceRequest")
+        body = self.body(request, "InferenceRequest")
         if self.task == GENERATION:
             return Response.json([await self._generate(body)])
-        single = isinstance(body["inputs"], str)
-        results = await self._classify(body, [body["inputs"]] if single else body["inputs"])
+        single = isinstance(body.inputs, str)
+        results = await self.classify([body.inputs] if single else body.inputs, body.parameters)
         if self.task == "token-classification" and single:
             return Response.json(results[0])
         return Response.json(results)  # text classification: always one list per input, as the HF API does
 
     async def tokenize(self, request: Request) -> Response:
-        body = self._body(request, "TokenizeRequest")
+        body = self.body(request, "TokenizeRequest")
         if not self.ready:
             raise HttpError(503, "not ready (starting or shutting down)", "unhealthy")
-        texts = [body["inputs"]] if isinstance(body["inputs"], str) else body["inputs"]
-        encodings = await self._encode(
-            texts, True, untruncated=True, special_tokens=body.get("add_special_tokens", True)
-        )
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        encodings = await self._encode(texts, True, untruncated=True, special_tokens=body.add_special_tokens)
         out = []
         for text, e in zip(texts, encodings, strict=False):
             tokens = zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets, strict=False)
@@ -272,8 +332,12 @@ class App:
 
     # -- operational routes -----------------------------------------------------------------------
 
+    @property
+    def healthy(self) -> bool:
+        return self.ready and self.batcher.alive
+
     async def health(self, request: Request) -> Response:
-        if self.ready and self.batcher.alive:
+        if self.healthy:
             return Response.json({"status": "ok"})
         return Response.error(503, "unhealthy", "unhealthy")
 
@@ -283,11 +347,12 @@ class App:
         bundle, o = self.runner.bundle, self.options
         info = {
             "model_id": str(bundle.path),
+            "model_name": self.model_name,
             "model_sha": bundle.manifest["sha256"].get("model.onnx"),
             "task": self.task,
             "max_input_length": bundle.max_length,
             "max_concurrent_requests": o.max_concurrent_requests,
-            "max_batch_tokens": o.max_batch_tokens,
+            "max_batch_tokens": self.batcher.max_batch_tokens,
             "max_batch_requests": o.max_batch_requests,
             "max_queue_delay_ms": o.max_queue_delay_ms,
             "max_client_batch_size": o.max_client_batch_size,
@@ -312,63 +377,33 @@ class App:
         return Response.json(info)
 
     async def prometheus(self, request: Request) -> Response:
-        return Response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        return Response(200, self.metrics.render().encode(), b"text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi_json(self, request: Request) -> Response:
-        return Response.json(self.openapi)
+        return Response(200, self.openapi_body)
 
 
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not JSON")
+# TGI parameters this server does not implement: a request that turns one on gets a 422, not a silent no-op.
+UNSUPPORTED_GENERATION = (
+    "best_of",
+    "decoder_input_details",
+    "frequency_penalty",
+    "grammar",
+    "repetition_penalty",
+    "top_n_tokens",
+    "typical_p",
+    "watermark",
+    "adapter_id",
+)
+
+
+class _NoParameters:
+    def __getattr__(self, name: str) -> None:
+        return None
+
+
+_NO_PARAMETERS = _NoParameters()
 
 
 def _or(value, default):
     return default if value is None else value
-
-
-async def serve(runner, options: ServeOptions, *, ready_message: bool = True) -> None:
-    """Run until SIGTERM/SIGINT: then stop accepting, answer what was accepted, return."""
-    app = App(runner, options)
-    server = HttpServer(
-        app.routes,
-        max_body_bytes=options.max_body_bytes,
-        api_key=options.api_key,
-        on_response=app.metrics.record_request,
-    )
-    try:
-        port = await server.start(options.host, options.port)
-    except OSError as e:
-        raise ServeError(
-            f"--host {options.host} --port {options.port}: cannot listen there ({e.strerror or e})"
-        ) from None
-    app.batcher.start()
-    app.ready = True
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready_message:
-        if options.host not in ("127.0.0.1", "localhost", "::1") and not options.api_key:
-            print(f"sft-serve: warning: listening on {options.host} without --api-key", file=sys.stderr)
-        print(
-            f"sft-serve: listening on http://{options.host}:{port} ({runner.task}, "
-            f"{', '.join(runner.model.providers)})",
-            file=sys.stderr,
-            flush=True,
-        )
-    await stop.wait()
-    app.ready = False
-    server.stop_accepting()
-    deadline = time.monotonic() + options.drain_timeout_s
-    while server.busy and time.monotonic() < deadline:  # answer what was accepted
-        await asyncio.sleep(0.01)
-    left = server.busy
-    await app.batcher.stop()
-    if ready_message:
-        print(
-            f"sft-serve: stopped ({left} requests unanswered after the drain timeout)"
-            if left
-            else "sft-serve: stopped",
-            file=sys.stderr,
-            flush=True,
-        )

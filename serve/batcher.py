@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .options import CPU_MAX_BATCH_TOKENS, DEFAULTS
+
 # What one extra model call costs, in tokens of compute: a call is split off only when that saves more
 # padding. Measured for MiniLM on CPU: ~3 ms fixed per onnxruntime call, ~150 us per token.
 CALL_COST_TOKENS = 24
-# Default token budgets per batch: on CPU bigger batches buy no throughput, only latency and memory.
-CPU_MAX_BATCH_TOKENS, CUDA_MAX_BATCH_TOKENS = 4096, 16384
 
 
 @dataclass
@@ -55,9 +55,9 @@ class Batcher:
         self,
         run_batch: RunBatch,
         *,
-        max_batch_tokens: int = CUDA_MAX_BATCH_TOKENS,
-        max_batch_requests: int = 64,
-        max_queue_delay_ms: float = 2.0,
+        max_batch_tokens: int = CPU_MAX_BATCH_TOKENS,
+        max_batch_requests: int = DEFAULTS.max_batch_requests,
+        max_queue_delay_ms: float = DEFAULTS.max_queue_delay_ms,
         on_batch: Callable[[BatchStats], None] | None = None,
     ):
         self.run_batch = run_batch

@@ -5,6 +5,7 @@ Every option can also come from the environment variable shown in --help (SFT_SE
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
@@ -103,115 +104,89 @@ def predict_command(
     )
 
 
-@serve_app.command()
-def serve_command(
-    bundle: Path = typer.Argument(
-        ..., help="Bundle directory written by sft-export --onnx.", envvar="SFT_SERVE_BUNDLE"
-    ),
-    host: str = typer.Option(
-        "127.0.0.1", envvar="SFT_SERVE_HOST", help="Address to bind (loopback unless told otherwise)."
-    ),
-    port: int = typer.Option(8080, envvar="SFT_SERVE_PORT", help="TCP port (0 picks a free one)."),
-    max_batch_tokens: int | None = typer.Option(
-        None,
-        envvar="SFT_SERVE_MAX_BATCH_TOKENS",
-        help="Most tokens (before padding) in one batch [default: 4096 on CPU, 16384 on CUDA].",
-    ),
-    max_batch_requests: int = typer.Option(
-        64,
-        "--max-batch-requests",
-        "--max-batch-size",
-        envvar="SFT_SERVE_MAX_BATCH_REQUESTS",
-        help="Most inputs in one batch (--max-batch-size is an alias).",
-    ),
-    max_queue_delay_ms: float = typer.Option(
-        2.0,
-        "--max-queue-delay-ms",
-        "--max-wait-ms",
-        envvar="SFT_SERVE_MAX_QUEUE_DELAY_MS",
-        help="Longest an input waits for others to batch with (--max-wait-ms is an alias).",
-    ),
-    max_concurrent_requests: int = typer.Option(
-        512, envvar="SFT_SERVE_MAX_CONCURRENT_REQUESTS", help="Requests in flight before new ones get 429."
-    ),
-    max_client_batch_size: int = typer.Option(
-        256, envvar="SFT_SERVE_MAX_CLIENT_BATCH_SIZE", help="Most inputs in one request (more: 413)."
-    ),
-    max_body_bytes: int = typer.Option(
-        2 << 20, envvar="SFT_SERVE_MAX_BODY_BYTES", help="Largest request body (more: 413)."
-    ),
-    auto_truncate: bool = typer.Option(
-        True,
-        "--auto-truncate/--no-auto-truncate",
-        envvar="SFT_SERVE_AUTO_TRUNCATE",
-        help="Truncate inputs to the bundle's max_length; off: longer ones "
-        'get 413 (a request\'s "truncate" field overrides).',
-    ),
-    max_new_tokens: int = typer.Option(
-        256, envvar="SFT_SERVE_MAX_NEW_TOKENS", help="Cap on max_new_tokens of a generation request."
-    ),
-    api_key: str | None = typer.Option(
-        None,
-        envvar="SFT_SERVE_API_KEY",
-        show_default=False,
-        help="Require 'Authorization: Bearer KEY' (not on /health). "
-        "Prefer the environment variable: arguments show in ps.",
-    ),
-    threads: int | None = typer.Option(
-        None, envvar="SFT_SERVE_THREADS", help="onnxruntime intra-op threads [default: usable cores]."
-    ),
-    device: str = typer.Option(
-        "auto", envvar="SFT_SERVE_DEVICE", help="auto (CUDA if available), cpu, cuda."
-    ),
-    drain_timeout: float = typer.Option(
-        30.0, envvar="SFT_SERVE_DRAIN_TIMEOUT", help="Seconds to finish in-flight requests after SIGTERM."
-    ),
-    verify: bool = typer.Option(
-        True,
-        "--verify/--no-verify",
-        envvar="SFT_SERVE_VERIFY",
-        help="Check every bundle file's sha256 against the manifest at start.",
-    ),
-) -> None:
-    import asyncio
-
-    from .app import ServeOptions, serve
+def serve_command(bundle: Path, **values) -> None:
+    """Serve an ONNX bundle over HTTP with dynamic batching (text-embeddings-inference's API and the
+    Open Inference Protocol v2)."""
+    from .options import ServeOptions
     from .runtime import load_model
+    from .server import serve
 
-    if not 0 <= port <= 65535:
-        raise ServeError(f"--port must be between 0 and 65535, got {port}")
+    options = ServeOptions(**values)
+    _check_serve_options(options)
+    kwargs = {"max_new_tokens_cap": options.max_new_tokens} if _is_generation(bundle) else {}
+    runner = load_model(
+        bundle,
+        verify=options.verify,
+        threads=options.threads,
+        device=options.device,
+        spinning=False,
+        **kwargs,
+    )
+    serve(runner, options)
+
+
+def _serve_signature() -> inspect.Signature:
+    """serve_command's typer parameters, one per serve.options field (flags, env variable, default, help)."""
+    from typing import get_type_hints
+
+    from .options import ServeOptions, option_specs
+
+    hints = get_type_hints(ServeOptions)
+    bundle = inspect.Parameter(
+        "bundle",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        annotation=Path,
+        default=typer.Argument(
+            ..., help="Bundle directory written by sft-export --onnx.", envvar="SFT_SERVE_BUNDLE"
+        ),
+    )
+    options = [
+        inspect.Parameter(
+            spec.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=hints[spec.name],
+            default=typer.Option(
+                spec.default,
+                *spec.flags,
+                envvar=spec.envvar,
+                help=spec.help,
+                show_default=spec.show_default and spec.default is not None,
+            ),
+        )
+        for spec in option_specs()
+    ]
+    return inspect.Signature([bundle, *options])
+
+
+serve_command.__signature__ = _serve_signature()
+serve_app.command()(serve_command)
+
+
+def _check_serve_options(o) -> None:
+    if not 0 <= o.port <= 65535:
+        raise ServeError(f"--port must be between 0 and 65535, got {o.port}")
     _positive(
-        max_batch_tokens=max_batch_tokens,
-        max_batch_requests=max_batch_requests,
-        max_concurrent_requests=max_concurrent_requests,
-        max_client_batch_size=max_client_batch_size,
-        max_body_bytes=max_body_bytes,
-        max_new_tokens=max_new_tokens,
-        threads=threads,
+        max_batch_tokens=o.max_batch_tokens,
+        max_batch_requests=o.max_batch_requests,
+        max_concurrent_requests=o.max_concurrent_requests,
+        max_client_batch_size=o.max_client_batch_size,
+        max_body_bytes=o.max_body_bytes,
+        max_new_tokens=o.max_new_tokens,
+        threads=o.threads,
+        header_timeout=o.header_timeout,
+        body_timeout=o.body_timeout,
+        keep_alive_timeout=o.keep_alive_timeout,
     )
-    if max_queue_delay_ms < 0:
-        raise ServeError(f"--max-queue-delay-ms must be >= 0, got {max_queue_delay_ms}")
-    kwargs = {"max_new_tokens_cap": max_new_tokens} if _is_generation(bundle) else {}
-    runner = load_model(bundle, verify=verify, threads=threads, device=device, spinning=False, **kwargs)
-    if max_batch_tokens is None:
-        from .batcher import CPU_MAX_BATCH_TOKENS, CUDA_MAX_BATCH_TOKENS
-
-        max_batch_tokens = CUDA_MAX_BATCH_TOKENS if runner.model.on_cuda else CPU_MAX_BATCH_TOKENS
-    options = ServeOptions(
-        host=host,
-        port=port,
-        max_batch_tokens=max_batch_tokens,
-        max_batch_requests=max_batch_requests,
-        max_queue_delay_ms=max_queue_delay_ms,
-        max_concurrent_requests=max_concurrent_requests,
-        max_client_batch_size=max_client_batch_size,
-        max_body_bytes=max_body_bytes,
-        auto_truncate=auto_truncate,
-        api_key=api_key or None,
-        max_new_tokens=max_new_tokens,
-        drain_timeout_s=drain_timeout,
-    )
-    asyncio.run(serve(runner, options))
+    if o.max_queue_delay_ms < 0:
+        raise ServeError(f"--max-queue-delay-ms must be >= 0, got {o.max_queue_delay_ms}")
+    if o.drain_timeout < 0:
+        raise ServeError(f"--drain-timeout must be >= 0, got {o.drain_timeout}")
+    if bool(o.ssl_certfile) != bool(o.ssl_keyfile):
+        raise ServeError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+    for name in ("ssl_certfile", "ssl_keyfile"):
+        path = getattr(o, name)
+        if path is not None and not path.is_file():
+            raise ServeError(f"--{name.replace('_', '-')} {path}: file not found")
 
 
 def _is_generation(bundle: Path) -> bool:
@@ -220,7 +195,7 @@ def _is_generation(bundle: Path) -> bool:
     return read_manifest(bundle).task == GENERATION_TASK
 
 
-def _positive(**values: int | None) -> None:
+def _positive(**values: float | None) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise ServeError(f"--{name.replace('_', '-')} must be > 0, got {value}")

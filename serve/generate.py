@@ -18,10 +18,12 @@ from .bundle import GENERATION_TASK, Bundle
 from .errors import ServeError
 from .runner import BundleRunner
 
+DEFAULT_NEW_TOKENS = 20
+
 
 @dataclass
 class GenerationParams:
-    max_new_tokens: int = 20
+    max_new_tokens: int = DEFAULT_NEW_TOKENS
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0

@@ -119,9 +119,8 @@ class ServeMetrics:
         r.add(Gauge(p + "in_flight_requests", "Inference requests being handled", lambda: app.in_flight))
         r.add(Gauge(p + "ready", "1 when serving", lambda: float(app.ready)))
 
-    def record_request(self, request, status: int, seconds: float) -> None:
-        known = request is not None and (request.method, request.path) in self.app.routes
-        route = request.path if known else "other"  # unknown paths share one label: no unbounded series
+    def record_request(self, route: str, status: int, seconds: float) -> None:
+        """`route` is a route template, or "other" for unknown paths: no unbounded label series."""
         self.requests.inc(route, str(status))
         self.latency.observe(seconds, route)
 

@@ -191,9 +191,10 @@ class Daemon:
         self.log = []
         for line in self.proc.stderr:
             self.log.append(line)
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            match = re.search(r"listening on (https?)://127\.0\.0\.1:(\d+)", line)
             if match:
-                self.url = f"http://127.0.0.1:{match.group(1)}"
+                self.url = f"{match.group(1)}://127.0.0.1:{match.group(2)}"
+                self.port = int(match.group(2))
                 break
         else:
             raise AssertionError("sft-serve did not start:\n" + "".join(self.log))

@@ -136,7 +136,8 @@ def _metric(base: str, name: str) -> float:
         (b'{"inputs": NaN}', 400, "validation", "not valid JSON"),
         ({"inputs": []}, 400, "empty", "empty"),
         ({"inputs": ""}, 422, "validation", "inputs: must not be empty"),
-        ({"inputs": [1, 2]}, 422, "validation", "inputs[0]: must be a string or a [text, text_pair] list"),
+        ({"inputs": [1, 2]}, 422, "validation", "inputs[0]: must be a string or a list, not an integer"),
+        ({"inputs": [["a"]]}, 422, "validation", "inputs[0]: expected `array` of length >= 2"),
         ({"text": "x"}, 422, "validation", "inputs: required"),
         ([1], 422, "validation", "body: must be an object"),
         ({"inputs": "x", "parameters": {"top_k": 0}}, 422, "validation", "parameters.top_k: must be >= 1"),
@@ -146,10 +147,10 @@ def _metric(base: str, name: str) -> float:
             "validation",
             "function_to_apply",
         ),
-        ({"inputs": ["x"] * 9}, 413, "validation", "batch of 9 exceeds the limit of 8"),
+        ({"inputs": ["x"] * 9}, 413, "validation", "more than the limit of 8 inputs"),
         ({"inputs": "x" * 30000}, 413, "validation", "exceeds the limit of 20000"),
         ({"inputs": "parcel " * 40, "truncate": False}, 413, "validation", "inputs[0] has 42 tokens"),
-        ({"inputs": "\ud800 lone surrogate"}, 422, "tokenizer", "tokenizer rejected"),
+        ({"inputs": "\ud800 lone surrogate"}, 400, "validation", "not valid JSON"),  # not Unicode
     ],
 )
 def test_bad_requests_get_clean_errors(daemon, payload, status, error_type, fragment):
