@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import print_table, write_json
@@ -74,6 +77,7 @@ async def run_level(
     max_requests: int,
     seconds: float,
     rss_pid: int | None = None,
+    path: str = "/predict",
 ) -> dict:
     """Closed-loop load: `clients` connections, until `max_requests` are sent or `seconds` pass."""
     latencies: list[float] = []
@@ -90,7 +94,7 @@ async def run_level(
             sent += 1
             t0 = time.perf_counter()
             try:
-                status = await asyncio.wait_for(conn.post("/predict", body), REQUEST_TIMEOUT_S)
+                status = await asyncio.wait_for(conn.post(path, body), REQUEST_TIMEOUT_S)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
                 status = type(e).__name__
                 conn.close()
@@ -130,7 +134,7 @@ def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: floa
     """The bundle's model alone on random batches of `size` texts (sft-serve's CPU token budget and
     splitting):
         texts/s and batch latency. `size` concurrent single-text clients cannot be served faster than this."""
-    from serve.batcher import CPU_MAX_BATCH_TOKENS, split_by_length
+    from serve.batcher import split_by_length
     from serve.runtime import TextClassifier
 
     clf = TextClassifier.from_bundle(bundle, spinning=False)
@@ -143,7 +147,7 @@ def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: floa
             batch = rng.choices(texts, k=size)
             t0 = time.perf_counter()
             encodings = clf.encode(batch)
-            for call in split_by_length([len(e.ids) for e in encodings], CPU_MAX_BATCH_TOKENS):
+            for call in split_by_length([len(e.ids) for e in encodings], serve_batch_tokens()):
                 clf.logits_of([encodings[i] for i in call])
             times.append(time.perf_counter() - t0)
         ordered = sorted(times)
@@ -157,6 +161,13 @@ def model_ceiling(bundle: str, texts: list[str], sizes: list[int], seconds: floa
             }
         )
     return rows
+
+
+def serve_batch_tokens() -> int:
+    """sft-serve's default token budget on CPU (serve.options), so the model-alone arm batches like it."""
+    from serve.options import DEFAULTS
+
+    return DEFAULTS.batch_tokens(on_cuda=False)
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -177,11 +188,20 @@ def free_port() -> int:
 
 
 def start_server(
-    cmd: list[str], port: int, first_body: bytes, timeout_s: float = 180.0, log=subprocess.DEVNULL
+    cmd: list[str],
+    port: int,
+    first_body: bytes,
+    timeout_s: float = 180.0,
+    log=subprocess.DEVNULL,
+    *,
+    env: dict[str, str] | None = None,
+    path: str = "/predict",
 ) -> tuple[subprocess.Popen, float]:
-    """Start the server; return it and the seconds from process start to its first 200 on /predict."""
+    """Start the server; return it and the seconds from process start to its first 200 on `path`."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=log, start_new_session=True, env={**os.environ, **(env or {})}
+    )
 
     async def first_ok() -> None:
         while True:
@@ -189,7 +209,7 @@ def start_server(
                 raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
             conn = Connection(port)
             try:
-                if await conn.post("/predict", first_body) == 200:
+                if await conn.post(path, first_body) == 200:
                     return
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 pass
@@ -217,46 +237,53 @@ def stop_server(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
+@dataclass
+class Arm:
+    """One server under test: how to start it and what its clients send."""
+
+    name: str
+    cmd: list[str]
+    port: int
+    bodies: list[bytes]
+    path: str = "/predict"
+    env: dict[str, str] = field(default_factory=dict)
+    soak: bool = False
+
+
 def bench_server(
-    name: str,
-    cmd: list[str],
-    port: int,
-    bodies: list[bytes],
-    levels: list[int],
-    *,
-    seconds: float,
-    max_requests: int,
-    soak: int,
-    cold_starts: int,
+    arm: Arm, levels: list[int], *, seconds: float, max_requests: int, soak: int, cold_starts: int
 ) -> dict:
     colds = []
+    start = functools.partial(start_server, arm.cmd, arm.port, arm.bodies[0], env=arm.env, path=arm.path)
     for _ in range(cold_starts - 1):  # extra cold starts, measured and stopped at once
-        proc, cold = start_server(cmd, port, bodies[0])
+        proc, cold = start()
         colds.append(cold)
         stop_server(proc)
-    proc, cold = start_server(cmd, port, bodies[0])
+    proc, cold = start()
     colds.append(cold)
     result: dict = {
-        "server": name,
-        "command": cmd,
+        "server": arm.name,
+        "command": arm.cmd,
+        "env": arm.env,
         "load_average_before": os.getloadavg(),
         "cold_start_s": sorted(colds)[len(colds) // 2],
         "cold_start_all_s": colds,
         "rss_after_start_kb": rss_kb(proc.pid),
         "levels": [],
     }
+    load = functools.partial(run_level, arm.port, arm.bodies, path=arm.path)
     try:
-        asyncio.run(run_level(port, bodies, 8, 200, 30))  # warm-up, not reported
+        asyncio.run(load(8, 200, 30))  # warm-up, not reported
         for clients in levels:
-            level = asyncio.run(run_level(port, bodies, clients, max_requests, seconds))
+            level = asyncio.run(load(clients, max_requests, seconds))
             result["levels"].append(level)
             print(
-                f"  {name} {clients:>3} clients: {level['throughput_rps']:.0f} req/s, "
+                f"  {arm.name} {clients:>3} clients: {level['throughput_rps']:.0f} req/s, "
                 f"p99 {level['p99_ms']:.1f} ms, errors {level['errors']}",
                 flush=True,
             )
         if soak:
-            level = asyncio.run(run_level(port, bodies, max(levels), soak, 3600, rss_pid=proc.pid))
+            level = asyncio.run(load(max(levels), soak, 3600, rss_pid=proc.pid))
             samples = level.pop("rss_kb_samples")
             tenth = max(1, len(samples) // 10)
             level.update(
@@ -266,7 +293,7 @@ def bench_server(
             )
             result["soak"] = level
             print(
-                f"  {name} soak: {level['ok']}/{level['requests']} ok, "
+                f"  {arm.name} soak: {level['ok']}/{level['requests']} ok, "
                 f"RSS {level['rss_first_tenth_kb']} -> "
                 f"{level['rss_last_tenth_kb']} kB",
                 flush=True,
@@ -276,6 +303,91 @@ def bench_server(
     finally:
         result["exit_code_after_sigterm"] = stop_server(proc)
     return result
+
+
+def median_result(runs: list[dict]) -> dict:
+    """One server's rounds folded into one record: per level the median throughput and latencies, the
+    median cold start, the largest peak RSS; the soak of the round that had one."""
+    levels = []
+    for i, first in enumerate(runs[0]["levels"]):
+        at = [r["levels"][i] for r in runs]
+        levels.append(
+            {
+                "clients": first["clients"],
+                "requests": sum(lv["requests"] for lv in at),
+                "ok": sum(lv["ok"] for lv in at),
+                "errors": sum(lv["errors"] for lv in at),
+                **{
+                    k: statistics.median(lv[k] for lv in at)
+                    for k in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms")
+                },
+                "throughput_rps_rounds": [lv["throughput_rps"] for lv in at],
+            }
+        )
+    record = {
+        "server": runs[0]["server"],
+        "rounds": len(runs),
+        "cold_start_s": statistics.median(r["cold_start_s"] for r in runs),
+        "cold_start_all_s": [c for r in runs for c in r["cold_start_all_s"]],
+        "peak_rss_kb": max(r["peak_rss_kb"] for r in runs),
+        "load_average_before": runs[0]["load_average_before"],
+        "load_average_after": runs[-1].get("load_average_after", [float("nan")]),
+        "levels": levels,
+    }
+    soaks = [r["soak"] for r in runs if "soak" in r]
+    if soaks:
+        record["soak"] = soaks[0]
+    return record
+
+
+SERVE_LAUNCHER = "import sys; from serve.cli import serve_main; sys.argv[0] = 'sft-serve'; serve_main()"
+
+
+def arms_for(a: argparse.Namespace, bodies: list[bytes]) -> list[Arm]:
+    texts = [json.loads(b)["inputs"] for b in bodies]
+    arms = []
+    for name in a.servers.split(","):
+        port = free_port()
+        if name in ("sft-serve", "sft-serve-before"):
+            # both through the same launcher; "before" imports serve/ from another source tree
+            cmd = [sys.executable, "-c", SERVE_LAUNCHER, a.bundle, "--host", HOST, "--port", str(port)]
+            env = {}
+            if name == "sft-serve-before":
+                if not a.before:
+                    raise SystemExit("error: --servers sft-serve-before needs --before SOURCE_TREE")
+                env = {"PYTHONPATH": str(Path(a.before).resolve())}
+            arms.append(Arm(name, [*cmd, *a.serve_args.split()], port, bodies, env=env, soak=True))
+        elif name == "baseline":
+            cmd = [sys.executable, "-m", "bench.baseline_server", a.checkpoint, "--port", str(port)]
+            arms.append(Arm(name, cmd, port, bodies))
+        elif name == "infinity":
+            # infinity-emb's /classify (its own venv), same texts one per request
+            cmd = [
+                a.infinity,
+                "v2",
+                "--model-id",
+                a.infinity_model or a.checkpoint,
+                "--served-model-name",
+                "clf",
+                "--engine",
+                "optimum",
+                "--device",
+                "cpu",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                *a.infinity_args.split(),
+            ]
+            own = [json.dumps({"input": [t], "model": "clf"}).encode() for t in texts]
+            arms.append(
+                Arm(name, cmd, port, own, path="/classify", env={"INFINITY_ANONYMOUS_USAGE_STATS": "0"})
+            )
+        else:
+            raise SystemExit(
+                f"error: unknown server {name!r} (sft-serve, sft-serve-before, baseline, infinity)"
+            )
+    return arms
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,13 +401,27 @@ def main(argv: list[str] | None = None) -> None:
         "--soak",
         type=int,
         default=10000,
-        help="requests at the highest level for the RSS soak (sft-serve only; 0: none)",
+        help="requests at the highest level for the RSS soak (sft-serve arms, first round; 0: none)",
     )
     p.add_argument(
-        "--cold-starts", type=int, default=3, help="cold starts per server (the median is reported)"
+        "--cold-starts", type=int, default=3, help="cold starts per server and round (the median is reported)"
     )
     p.add_argument("--texts", help="file of texts (one per line, or a GLUE .tsv) [default: demo eval texts]")
-    p.add_argument("--servers", default="sft-serve,baseline")
+    p.add_argument(
+        "--servers",
+        default="sft-serve,baseline",
+        help="comma-separated: sft-serve, sft-serve-before (--before), baseline, infinity (--infinity)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the servers in turn this many times (A B A B ...); medians per level are reported",
+    )
+    p.add_argument("--before", help="source tree whose serve/ the sft-serve-before arm runs (a git worktree)")
+    p.add_argument("--infinity", default="infinity_emb", help="infinity-emb's CLI (e.g. in its own venv)")
+    p.add_argument("--infinity-model", help="model directory for infinity [default: CHECKPOINT]")
+    p.add_argument("--infinity-args", default="", help="extra arguments for infinity_emb v2")
     p.add_argument(
         "--ceiling-seconds",
         type=float,
@@ -303,13 +429,13 @@ def main(argv: list[str] | None = None) -> None:
         help="time per batch size for the model-only ceiling (0: skip it)",
     )
     p.add_argument("--serve-args", default="", help="extra arguments for sft-serve")
+    p.add_argument("--name", default="serve_load", help="JSON file name under --out (serve_load*)")
     p.add_argument("--out", help="directory for the JSON [default: bench/results]; --no-write to skip")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server under test
     levels = [int(x) for x in a.clients.split(",")]
     bodies = [json.dumps({"inputs": t}).encode() for t in read_texts(a.texts)]
-    bin_dir = Path(sys.executable).parent
     ceiling = []
     if a.ceiling_seconds > 0:
         ceiling = model_ceiling(
@@ -317,37 +443,26 @@ def main(argv: list[str] | None = None) -> None:
         )
         print("model alone (no HTTP, no client):")
         print_table(ceiling, ["batch_size", "texts_per_s", "p50_ms", "p99_ms", "batches"])
-    results = []
-    for name in a.servers.split(","):
-        port = free_port()
-        if name == "sft-serve":
-            cmd = [
-                str(bin_dir / "sft-serve"),
-                a.bundle,
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                *a.serve_args.split(),
-            ]
-        elif name == "baseline":
-            cmd = [sys.executable, "-m", "bench.baseline_server", a.checkpoint, "--port", str(port)]
-        else:
-            raise SystemExit(f"error: unknown server {name!r} (sft-serve, baseline)")
-        print(f"{name}: {' '.join(cmd)}  (load average {os.getloadavg()[0]:.1f})", flush=True)
-        results.append(
-            bench_server(
-                name,
-                cmd,
-                port,
-                bodies,
-                levels,
-                seconds=a.seconds,
-                max_requests=a.requests,
-                soak=a.soak if name == "sft-serve" else 0,
-                cold_starts=a.cold_starts,
+    arms = arms_for(a, bodies)
+    runs: dict[str, list[dict]] = {arm.name: [] for arm in arms}
+    for round_ in range(a.rounds):
+        for arm in arms:
+            print(
+                f"round {round_ + 1}/{a.rounds} {arm.name}: {' '.join(arm.cmd)}  "
+                f"(load average {os.getloadavg()[0]:.1f})",
+                flush=True,
             )
-        )
+            runs[arm.name].append(
+                bench_server(
+                    arm,
+                    levels,
+                    seconds=a.seconds,
+                    max_requests=a.requests,
+                    soak=a.soak if arm.soak and round_ == 0 else 0,
+                    cold_starts=a.cold_starts,
+                )
+            )
+    results = [median_result(r) if len(r) > 1 else r[0] for r in runs.values()]
     rows = [
         {
             "server": r["server"],
@@ -362,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in results
         for lv in r["levels"]
     ]
-    print()
+    print("\n" + ("medians of the rounds:" if a.rounds > 1 else ""))
     print_table(rows, ["server", "clients", "requests", "errors", "req_per_s", "p50_ms", "p95_ms", "p99_ms"])
     print()
     print_table(
@@ -385,30 +500,10 @@ def main(argv: list[str] | None = None) -> None:
         ],
         ["server", "load_avg", "cold_start_s", "peak_rss_mb", "soak", "soak_rss_mb"],
     )
-    by_name = {r["server"]: r for r in results}
-    summary = {}
-    if "sft-serve" in by_name and "baseline" in by_name:
-        for ours, theirs in zip(by_name["sft-serve"]["levels"], by_name["baseline"]["levels"], strict=False):
-            summary[f"speedup_at_{ours['clients']}"] = ours["throughput_rps"] / max(
-                theirs["throughput_rps"], 1e-9
-            )
-        print(
-            "\nthroughput ratio sft-serve / baseline: "
-            + ", ".join(f"{k.split('_')[-1]} clients {v:.1f}x" for k, v in summary.items())
-        )
-    if "sft-serve" in by_name and ceiling:
-        for level, alone in zip(by_name["sft-serve"]["levels"], ceiling, strict=False):
-            ratio = level["throughput_rps"] / alone["texts_per_s"]
-            summary[f"served_over_model_alone_at_{level['clients']}"] = ratio
-        print(
-            "sft-serve throughput / the model alone at the same batch size: "
-            + ", ".join(
-                f"{k.split('_')[-1]} clients {v:.0%}" for k, v in summary.items() if k.startswith("served_")
-            )
-        )
+    summary = ratios({r["server"]: r for r in results}, ceiling)
     if not a.no_write:
         path = write_json(
-            "serve_load",
+            a.name,
             {
                 "bundle": a.bundle,
                 "checkpoint": a.checkpoint,
@@ -416,13 +511,51 @@ def main(argv: list[str] | None = None) -> None:
                 "model_alone": ceiling,
                 "seconds_per_level": a.seconds,
                 "requests_per_level": a.requests,
+                "rounds": a.rounds,
                 "cpu_count": os.cpu_count(),
                 "results": results,
+                "runs": runs,
                 "summary": summary,
             },
             Path(a.out) if a.out else None,
         )
         print(f"wrote {path} and {draw(path)}")
+
+
+def ratios(by_name: dict[str, dict], ceiling: list[dict]) -> dict[str, float]:
+    """Throughput of sft-serve over each other server at each level, and over the model alone."""
+    summary = {}
+    ours = by_name.get("sft-serve")
+    if ours is None:
+        return summary
+    for other in by_name:
+        if other == "sft-serve":
+            continue
+        prefix = "speedup" if other == "baseline" else f"over_{other}"
+        for mine, theirs in zip(ours["levels"], by_name[other]["levels"], strict=False):
+            summary[f"{prefix}_at_{mine['clients']}"] = mine["throughput_rps"] / max(
+                theirs["throughput_rps"], 1e-9
+            )
+        print(
+            f"throughput ratio sft-serve / {other}: "
+            + ", ".join(
+                f"{k.split('_')[-1]} clients {v:.2f}x"
+                for k, v in summary.items()
+                if k.startswith(prefix + "_at")
+            )
+        )
+    for level, alone in zip(ours["levels"], ceiling, strict=False):
+        summary[f"served_over_model_alone_at_{level['clients']}"] = (
+            level["throughput_rps"] / alone["texts_per_s"]
+        )
+    if ceiling:
+        print(
+            "sft-serve throughput / the model alone at the same batch size: "
+            + ", ".join(
+                f"{k.split('_')[-1]} clients {v:.0%}" for k, v in summary.items() if k.startswith("served_")
+            )
+        )
+    return summary
 
 
 if __name__ == "__main__":
