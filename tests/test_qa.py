@@ -223,3 +223,65 @@ def test_oracle_logits_give_100_and_the_model_gives_metrics(tokenizer, tiny_mode
     assert task.predictions(rows, starts, ends) == {"1": "1889", "2": "Paris"}
     metrics = task.evaluate(tiny_model, rows, tokenizer.pad_token_id, "cpu", 4, "torch")
     assert metrics["examples"] == 2 and 0.0 <= metrics["f1"] <= 100.0 and metrics["loss"] > 0
+
+
+def _secret_word_squad(path: Path, n: int, seed: int) -> Path:
+    """Questions whose answer is the word after "the secret word is", somewhere in a long context."""
+    import random
+
+    rng = random.Random(seed)
+    words = "red blue green apple river stone cloud music paper window garden silver".split()
+    filler = "a man walked to the old market and bought some bread then he went home".split()
+    paragraphs = []
+    for i in range(n):
+        word = rng.choice(words)
+        left, right = (" ".join(rng.choices(filler, k=rng.randint(0, 30))) for _ in range(2))
+        context = f"{left} the secret word is {word} . {right}".strip()
+        qa = _qa(str(i), "what is the secret word?", word, context.index(f"is {word}") + 3, context)
+        paragraphs.append({"context": context, "qas": [qa]})
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return path
+
+
+def test_training_learns_to_find_the_answer(tokenizer, tiny_model, tmp_path, monkeypatch):
+    import importlib
+
+    from transformers import AutoModelForQuestionAnswering
+
+    import sft.config
+    import sft.model_card
+    from sft import load_config, train
+
+    if "question-answering" not in sft.config.TASKS:  # until sft-train registers the task
+        trainer = importlib.import_module("sft.train")
+        make_task = trainer.make_task
+        monkeypatch.setattr(sft.config, "TASKS", (*sft.config.TASKS, "question-answering"))
+        monkeypatch.setitem(sft.model_card.PIPELINE_TAGS, "question-answering", "question-answering")
+        monkeypatch.setattr(
+            trainer,
+            "make_task",
+            lambda cfg: QuestionAnswering(cfg) if cfg.task == "question-answering" else make_task(cfg),
+        )
+    tiny_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    cfg = load_config(
+        overrides={
+            "task": "question-answering",
+            "train": str(_secret_word_squad(tmp_path / "train.json", 40, 0)),
+            "eval": str(_secret_word_squad(tmp_path / "eval.json", 30, 1)),
+            "model": str(tmp_path / "model"),
+            "output": str(tmp_path / "qa"),
+            "epochs": 4,
+            "batch_size": 16,
+            "lr": 5e-3,
+            "max_length": 48,
+            "progress": False,
+            "tensorboard": False,
+        }
+    )
+    if not hasattr(cfg, "doc_stride"):
+        cfg.doc_stride = 16
+    result = train(cfg)
+    assert result.metrics["examples"] == 30
+    assert result.metrics["f1"] > 80, result.metrics  # held-out contexts, answers at new positions
+    assert AutoModelForQuestionAnswering.from_pretrained(tmp_path / "qa").config.model_type == "bert"
