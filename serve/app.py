@@ -268,7 +268,9 @@ class App:
         p = body.parameters
         if p is not None:
             unsupported = [
-                name for name in p.__struct_fields__ if name in UNSUPPORTED_GENERATION and getattr(p, name)
+                name
+                for name in p.__struct_fields__
+                if name in UNSUPPORTED_GENERATION and getattr(p, name) is not None
             ]
             if unsupported:
                 raise HttpError(422, f"parameters.{unsupported[0]}: not supported by this server")

@@ -17,6 +17,9 @@ from msgspec import Meta, Struct
 
 GENERATION = "text-generation-with-past"
 NonEmpty = Annotated[str, Meta(min_length=1)]
+# Decoded as anything, documented as what the server accepts, so the app can refuse the rest by name.
+Unsupported = Annotated[Any, Meta(extra_json_schema={"type": "null"})]
+NoStreaming = Annotated[bool | None, Meta(extra_json_schema={"enum": [False, None]})]
 # A [text, text_pair] list. (Not a tuple of constrained strings: msgspec 0.23 crashes on those in unions.)
 Pair = Annotated[list[NonEmpty], Meta(min_length=2, max_length=2)]
 
@@ -199,21 +202,22 @@ def api_types(task: str, *, max_inputs: int, max_new_tokens: int) -> dict[str, A
             details: bool | None = None
             return_full_text: bool | None = None
             truncate: Annotated[int, Meta(ge=1)] | None = None
-            # text-generation-inference parameters this server does not implement: refused when set
-            best_of: Any = None
-            decoder_input_details: Any = None
-            frequency_penalty: Any = None
-            grammar: Any = None
-            repetition_penalty: Any = None
-            top_n_tokens: Any = None
-            typical_p: Any = None
-            watermark: Any = None
-            adapter_id: Any = None
+            # text-generation-inference parameters this server does not implement: the document allows
+            # only null, and the app refuses any other value with a 422 naming the parameter
+            best_of: Unsupported = None
+            decoder_input_details: Unsupported = None
+            frequency_penalty: Unsupported = None
+            grammar: Unsupported = None
+            repetition_penalty: Unsupported = None
+            top_n_tokens: Unsupported = None
+            typical_p: Unsupported = None
+            watermark: Unsupported = None
+            adapter_id: Unsupported = None
 
         class GenerateRequest(Struct):
             inputs: NonEmpty
             parameters: GenerateParameters | None = None
-            stream: bool | None = None
+            stream: NoStreaming = None
 
         types.update(
             GenerateRequest=GenerateRequest,
