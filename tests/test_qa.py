@@ -285,3 +285,56 @@ def test_training_learns_to_find_the_answer(tokenizer, tiny_model, tmp_path, mon
     assert result.metrics["examples"] == 30
     assert result.metrics["f1"] > 80, result.metrics  # held-out contexts, answers at new positions
     assert AutoModelForQuestionAnswering.from_pretrained(tmp_path / "qa").config.model_type == "bert"
+
+
+def test_onnx_export_validates_and_serves_the_pipeline_answers(tokenizer, tiny_model, tmp_path):
+    """Optimum's question-answering graph, checked against PyTorch, then served by serve.qa with
+    onnxruntime: the answers of transformers' pipeline on the PyTorch model, also over several windows."""
+    from transformers import pipeline
+
+    from export.checkpoint import Checkpoint
+    from export.convert import export_with_optimum
+    from export.qa import compare_qa, qa_manifest
+    from export.runners import TorchModel
+    from serve.bundle import Bundle
+    from serve.qa import QuestionAnswerer
+
+    model_dir, out = tmp_path / "model", tmp_path / "onnx"
+    tiny_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    export_with_optimum(model_dir, out, "question-answering", None)
+    reference = TorchModel.__new__(TorchModel)  # TorchModel's loader knows only sft's other tasks so far
+    reference.model, reference.tokenizer, reference.max_length, reference.task = (
+        tiny_model,
+        tokenizer,
+        64,
+        "qa",
+    )
+    reference.accepts = {"input_ids", "attention_mask", "token_type_ids"}
+    diffs = compare_qa(reference, out, [CONTEXT, "short", " ".join([CONTEXT] * 5)])
+    assert {d.name for d in diffs} == {"start_logits", "end_logits"}
+    assert max(d.max_abs for d in diffs) < 1e-4
+
+    config = json.loads((model_dir / "config.json").read_text())
+    manifest = qa_manifest(
+        out, Checkpoint(model_dir, config, "question-answering", tokenizer_dir=model_dir), 64
+    )
+    assert (manifest["task"], manifest["labels"], manifest["max_length"]) == ("question-answering", [], 64)
+    assert (manifest["doc_stride"], manifest["max_answer_length"]) == (
+        32,
+        30,
+    )  # 128 capped at max_length // 2
+    runner = QuestionAnswerer(Bundle(out, {**manifest, "doc_stride": 16}), threads=1)
+    long_context = (
+        " ".join(f"Line {i} of the notes talks about other towers." for i in range(8)) + " " + CONTEXT
+    )
+    questions = ["When was it completed?", "Where does it stand?"]
+    contexts = [CONTEXT, long_context]
+    assert len(runner.questions(questions, contexts)[1].windows) > 2
+    pipe = pipeline("question-answering", model=tiny_model, tokenizer=tokenizer, device="cpu")
+    for q, c, ours in zip(questions, contexts, runner.predict(questions, contexts, top_k=2), strict=True):
+        theirs = pipe(question=q, context=c, max_seq_len=64, doc_stride=16, top_k=2)
+        assert [(a["answer"], a["start"], a["end"]) for a in ours] == [
+            (a["answer"], a["start"], a["end"]) for a in theirs
+        ]
+        np.testing.assert_allclose([a["score"] for a in ours], [a["score"] for a in theirs], rtol=1e-3)
