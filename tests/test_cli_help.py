@@ -4,9 +4,9 @@ imported before the arguments are parsed. sft-train's options are grouped into p
 from __future__ import annotations
 
 import dataclasses
+import resource
 import subprocess
 import sys
-import time
 from importlib.metadata import entry_points
 
 import pytest
@@ -15,8 +15,9 @@ from sft.config import TrainConfig
 
 HEAVY = ("torch", "transformers", "optimum")
 CLIS = ("sft-train", "sft-export", "sft-predict", "sft-serve", "sft-bench")
-# The budget is 0.3 s on a quiet machine; CI runners and shared hosts are noisy, so the test allows more.
-BOUND_S = 1.5
+# The budget is 0.3 s on a quiet machine. Shared hosts and CI runners stretch wall time many-fold, so the
+# test bounds the CPU time the process used (importing torch alone takes more than this).
+BOUND_CPU_S = 1.0
 
 # Runs a console script's function as `<name> <args>` and reports which heavy packages it imported.
 WRAPPER = """
@@ -38,14 +39,16 @@ def _target(name: str) -> str:
 
 
 def _run(name: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.perf_counter()
+    """The completed process and the CPU seconds (user + system) it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         [sys.executable, "-c", WRAPPER.format(heavy=HEAVY), name, _target(name), *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    return proc, time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return proc, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _heavy(proc: subprocess.CompletedProcess) -> list[str]:
@@ -59,7 +62,7 @@ def test_help_imports_no_heavy_package_and_is_quick(name):
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout or "usage:" in proc.stdout
     assert _heavy(proc) == [], f"{name} --help imported {_heavy(proc)}"
-    assert seconds < BOUND_S, f"{name} --help took {seconds:.2f} s"
+    assert seconds < BOUND_CPU_S, f"{name} --help took {seconds:.2f} s of CPU"
 
 
 @pytest.mark.parametrize("name", CLIS)
@@ -68,7 +71,7 @@ def test_argument_errors_import_no_heavy_package(name):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and "no-such-option" in proc.stderr
     assert _heavy(proc) == [], f"{name} with a bad option imported {_heavy(proc)}"
-    assert seconds < BOUND_S, f"{name} with a bad option took {seconds:.2f} s"
+    assert seconds < BOUND_CPU_S, f"{name} with a bad option took {seconds:.2f} s of CPU"
 
 
 def test_train_help_groups_every_option_into_a_panel():
