@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ServeError
 from .runner import BundleRunner, finite
 
 CONTEXT = 1  # sequence id of the context (the question comes first)
 
 
-class WindowingError(ValueError):
-    """The question leaves no room for the context (or the stride is too large)."""
+class WindowingError(ServeError, ValueError):
+    """The question leaves no room for the context (or the stride is too large): exit 2 / HTTP 422."""
 
 
 @dataclass
@@ -39,6 +40,11 @@ class Question:
     question: str
     context: str
     windows: list[Any] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        """Every window's ids end to end: its length is the work this question costs (batch sorting)."""
+        return [i for w in self.windows for i in w.ids]
 
 
 def make_windows(tokenizer, max_length: int, doc_stride: int):
@@ -205,6 +211,10 @@ class QuestionAnswerer(BundleRunner):
     def questions(self, questions: Sequence[str], contexts: Sequence[str]) -> list[Question]:
         return encode_questions(self.windowed, questions, contexts)
 
+    def encode(self, pairs: Sequence[tuple[str, str]], *, truncate: bool = True) -> list[Question]:
+        """(question, context) pairs -> Questions with their windows (a long context is never cut)."""
+        return self.questions([q for q, _ in pairs], [c for _, c in pairs])
+
     def predict(
         self, questions: Sequence[str], contexts: Sequence[str], **options: Any
     ) -> list[list[dict[str, Any]]]:
@@ -228,3 +238,68 @@ class QuestionAnswerer(BundleRunner):
 def _known(opts: dict[str, Any]) -> dict[str, Any]:
     keys = ("top_k", "max_answer_len", "handle_impossible_answer", "align_to_words")
     return {k: opts[k] for k in keys if opts.get(k) is not None}
+
+
+# -- the Inference API's request and response shapes -------------------------------------------------------
+
+PARAMETERS = {"top_k": int, "max_answer_len": int, "handle_impossible_answer": bool, "align_to_words": bool}
+
+
+class QARequestError(ValueError):
+    """A request that is not the question-answering shape; the message names the field (HTTP 422)."""
+
+
+def parse_request(body: Any) -> tuple[list[str], list[str], dict[str, Any], bool]:
+    """{"inputs": {"question", "context"} or a list of them, "parameters": {...}} ->
+    (questions, contexts, options, single): single when inputs was one object."""
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise QARequestError('expected a JSON object with "inputs": {"question": ..., "context": ...}')
+    inputs = body["inputs"]
+    single = isinstance(inputs, dict)
+    items = [inputs] if single else inputs
+    if not isinstance(items, list) or not items:
+        raise QARequestError('"inputs" must be an object {"question", "context"} or a non-empty list of them')
+    questions, contexts = [], []
+    for i, item in enumerate(items):
+        where = "inputs" if single else f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise QARequestError(f'{where}: expected an object with "question" and "context"')
+        for key, out in (("question", questions), ("context", contexts)):
+            value = item.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise QARequestError(f'{where}: "{key}" must be a non-empty string')
+            out.append(value)
+    return questions, contexts, parse_parameters(body.get("parameters")), single
+
+
+def parse_parameters(params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise QARequestError('"parameters" must be an object')
+    out = {}
+    for key, value in params.items():
+        kind = PARAMETERS.get(key)
+        if kind is None:
+            raise QARequestError(f'parameters: unknown "{key}" (known: {", ".join(PARAMETERS)})')
+        if value is None:
+            continue
+        if kind is bool and not isinstance(value, bool):
+            raise QARequestError(f"parameters.{key}: expected true or false, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise QARequestError(f"parameters.{key}: expected a positive integer, got {value!r}")
+        out[key] = value
+    return out
+
+
+def response(answers: Sequence[list[dict[str, Any]]], single: bool, options: dict[str, Any]) -> Any:
+    """The pipeline's output shape: one answer object per question when top_k is 1, else a list."""
+    top_k = options.get("top_k") or 1
+    shaped = [a[0] if top_k == 1 and len(a) == 1 else a for a in answers]
+    return shaped[0] if single else shaped
+
+
+def record(index: int, answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """sft-predict's output line for one question: its best answer ("" with score 0 when none)."""
+    best = answers[0] if answers else {"answer": "", "score": 0.0, "start": 0, "end": 0}
+    return {"index": index, **best}

@@ -192,6 +192,9 @@ def test_runner_batches_every_window_and_matches_the_pipeline(tiny_qa, monkeypat
     bundle = Bundle(path, {"task": "question-answering", "max_length": 64, "doc_stride": 16, "sha256": {}})
     runner = QuestionAnswerer(bundle)
     answers = runner.predict([q for q, _ in CONTEXTS], [c for _, c in CONTEXTS], top_k=1)
+    items = runner.encode(CONTEXTS)  # sft-predict's path: (question, context) rows, sorted by cost
+    assert len(items[2].ids) == sum(len(w.ids) for w in items[2].windows) > 64
+    assert runner.run(items, [{}] * len(items)) == answers
     pipe = pipeline("question-answering", model=model, tokenizer=tokenizer, device="cpu")
     for (q, c), ours in zip(CONTEXTS, answers, strict=True):
         theirs = pipe(question=q, context=c, max_seq_len=64, doc_stride=16)
@@ -226,3 +229,32 @@ def test_serve_qa_imports_neither_torch_nor_transformers():
         ).stdout.split()
     )
     assert not loaded & {"torch", "transformers", "optimum"}
+
+
+def test_inference_api_request_and_response_shapes():
+    from serve.qa import QARequestError, parse_request, record, response
+
+    one = {"inputs": {"question": "Who?", "context": "Mary did."}, "parameters": {"top_k": 2}}
+    assert parse_request(one) == (["Who?"], ["Mary did."], {"top_k": 2}, True)
+    many = {"inputs": [{"question": "a?", "context": "x"}, {"question": "b?", "context": "y"}]}
+    assert parse_request(many) == (["a?", "b?"], ["x", "y"], {}, False)
+    for body, message in (
+        ({"inputs": {"question": "Who?"}}, 'inputs: "context" must be a non-empty string'),
+        ({"inputs": [{"question": "a?", "context": ""}]}, r'inputs\[0\]: "context"'),
+        ({"inputs": []}, "non-empty list"),
+        ({"question": "a?"}, '"inputs"'),
+        ({"inputs": {"question": "a", "context": "b"}, "parameters": {"top_k": 0}}, "parameters.top_k"),
+        (
+            {"inputs": {"question": "a", "context": "b"}, "parameters": {"doc_strid": 3}},
+            'unknown "doc_strid"',
+        ),
+    ):
+        with pytest.raises(QARequestError, match=message):
+            parse_request(body)
+    a = {"answer": "Mary", "score": 0.5, "start": 0, "end": 4}
+    b = {"answer": "did", "score": 0.25, "start": 5, "end": 8}
+    assert response([[a]], True, {}) == a
+    assert response([[a, b]], True, {"top_k": 2}) == [a, b]
+    assert response([[a], [b]], False, {}) == [a, b]
+    assert record(3, [a, b]) == {"index": 3, **a}
+    assert record(4, []) == {"index": 4, "answer": "", "score": 0.0, "start": 0, "end": 0}
