@@ -334,3 +334,20 @@ def test_varlen_attention_torch_matches_per_sequence_sdpa():
             q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)
         ).transpose(0, 1)
         torch.testing.assert_close(out[s:e], ref, atol=1e-6, rtol=1e-5)
+
+
+def test_triton_varlen_kernel_path_matches_padded():
+    """The CUDA path (the Triton varlen kernel), run by the interpreter on CPU on tiny shapes."""
+    from conftest import interpreter_ready
+
+    if not interpreter_ready():
+        pytest.skip(
+            "the Triton kernels on CPU need triton and TRITON_INTERPRET=1 set before triton is imported"
+        )
+    cfg = _config("bert", num_labels=3)
+    cfg.hidden_size, cfg.intermediate_size = 64, 64  # head dim 16 for the kernel
+    torch.manual_seed(0)
+    ref = transformers.BertForTokenClassification(cfg).train()
+    model, notes = apply_unpadding(copy.deepcopy(ref), task="token-classification", backend="triton")
+    assert "Triton varlen kernel" in notes[0]
+    _assert_same(ref, model.train(), _batch([9, 2, 5]), "tok")
