@@ -292,10 +292,9 @@ def parse_parameters(params: Any) -> dict[str, Any]:
     return out
 
 
-def response(answers: Sequence[list[dict[str, Any]]], single: bool, options: dict[str, Any]) -> Any:
-    """The pipeline's output shape: one answer object per question when top_k is 1, else a list."""
-    top_k = options.get("top_k") or 1
-    shaped = [a[0] if top_k == 1 and len(a) == 1 else a for a in answers]
+def response(answers: Sequence[list[dict[str, Any]]], single: bool) -> Any:
+    """The pipeline's output shape: a question with one answer gives the answer object, else the list."""
+    shaped = [a[0] if len(a) == 1 else a for a in answers]
     return shaped[0] if single else shaped
 
 
