@@ -2,8 +2,9 @@
 
 Every arm predicts the same JSONL file with the same bundle and micro-batch size. sft-predict runs
 in this process with onnxruntime's default threads (all usable cores); each Ray actor runs one
-onnxruntime thread (one CPU), on a local Ray instance started per arm with all cores. rows/s counts
-reading, predicting and writing; the Ray start is reported beside it, not inside it.
+onnxruntime thread (one CPU), on a local Ray instance started per arm with all cores; a second
+sft-predict arm with the actors' thread count isolates what Ray costs per row. rows/s counts reading,
+predicting and writing; the Ray start (or the model load) is reported beside it, not inside it.
 
     python -m bench.predict_ray BUNDLE [--input FILE | --rows 20000] [--actors 1,2] [--threads 1]
 """
@@ -34,17 +35,17 @@ def write_input(path: Path, rows: int) -> Path:
     return path
 
 
-def local_arm(bundle: Path, src: Path, work: Path, batch_size: int) -> dict:
+def local_arm(bundle: Path, src: Path, work: Path, batch_size: int, threads: int | None) -> dict:
     from serve import load_model, predict_file
 
     t0 = time.perf_counter()
-    runner = load_model(bundle)
+    runner = load_model(bundle, threads=threads)
     loaded = time.perf_counter() - t0
     s = predict_file(runner, src, work / "local.jsonl", batch_size=batch_size, progress=False)
     return {
         "engine": "sft-predict",
         "actors": None,
-        "threads": "auto",
+        "threads": threads or "auto",
         "rows": s.rows,
         "seconds": s.seconds,
         "startup_seconds": loaded,
@@ -78,17 +79,15 @@ def draw(record: dict):
     def figure(plt):
         rows = record["results"]
         names = [r["arm"] for r in rows]
-        fig, ax = plt.subplots(figsize=(7, 3.8))
-        bars = ax.bar(
-            names, [r["rows_per_s"] for r in rows], color=["#4c72b0"] + ["#dd8452"] * (len(rows) - 1)
-        )
+        fig, ax = plt.subplots(figsize=(8, 4))
+        colors = ["#dd8452" if r["engine"] == "ray" else "#4c72b0" for r in rows]
+        bars = ax.bar(names, [r["rows_per_s"] for r in rows], color=colors)
         for bar, r in zip(bars, rows, strict=True):
-            note = f"{r['rows_per_s']:.0f}/s\n+{r['startup_seconds']:.0f}s start"
+            start = "Ray start" if r["engine"] == "ray" else "load"
+            note = f"{r['rows_per_s']:.0f}/s\n+{r['startup_seconds']:.0f}s {start}"
             ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
         ax.set_ylabel("rows/s (read, predict, write)")
-        ax.set_title(
-            f"{record['rows']} rows, {record['bundle_name']}, {record['environment']['cpu_count']} CPUs"
-        )
+        ax.set_title(f"{record['rows']} rows, {record['bundle_name']}, {os.cpu_count()} CPUs")
         ax.margins(y=0.25)
         return fig
 
@@ -111,12 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="predict-ray-") as tmp:
         work = Path(tmp)
         src = a.input or write_input(work / "input.jsonl", a.rows)
-        rows = [local_arm(a.bundle, src, work, a.batch_size)]
+        rows = [local_arm(a.bundle, src, work, a.batch_size, None)]
+        if a.threads:  # the same thread count as one actor: what Ray itself costs per row
+            rows.append(local_arm(a.bundle, src, work, a.batch_size, a.threads))
         for actors in (int(x) for x in a.actors.split(",")):
             rows.append(ray_arm(a.bundle, src, work, actors, a.threads, a.batch_size))
     base = rows[0]["rows_per_s"]
     for r in rows:
-        r["arm"] = "sft-predict" if r["engine"] != "ray" else f"ray, {r['actors']} actor(s)"
+        r["arm"] = (
+            f"ray, {r['actors']} actor(s)" if r["engine"] == "ray" else f"sft-predict, {r['threads']} thr"
+        )
         r["us_per_row"] = 1e6 / r["rows_per_s"]
         r["vs_sft_predict"] = r["rows_per_s"] / base
     print_table(rows, ["arm", "threads", "rows", "seconds", "rows_per_s", "us_per_row", "startup_seconds"])

@@ -43,7 +43,7 @@ from ray.data.datasource import FileBasedDatasource
 from .bundle import GENERATION_TASK, read_manifest
 from .errors import ServeError
 from .inputs import _checked, _row
-from .predict import _predict_chunk, record_for
+from .predict import _predict_chunk, input_columns, record_for
 from .runtime import load_model
 
 ROW_ID, TEXT, PAIR, ERROR = "row_id", "text", "pair", "error"
@@ -392,7 +392,7 @@ def predict_with_ray(
     threads: int = 1,
     batch_size: int = 32,
     chunk_rows: int = 1024,
-    text_column: str = "text",
+    text_column: str | None = None,
     pair_column: str | None = None,
     keep_columns: tuple[str, ...] = (),
     output_format: str = "parquet",
@@ -414,7 +414,9 @@ def predict_with_ray(
         raise ServeError(f"--output-format must be one of {', '.join(FORMATS)}, got {output_format!r}")
     if on_error not in ON_ERROR:
         raise ServeError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-    task = read_manifest(bundle).task
+    manifest = read_manifest(bundle)
+    task = manifest.task
+    text_column, pair_column = input_columns(manifest, text_column, pair_column)
     if pair_column and task != "text-classification":
         raise ServeError(f"--text-pair-column: a {task} bundle takes single texts")
     local_output = "://" not in str(output)
@@ -449,6 +451,7 @@ def predict_with_ray(
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=threads,
+            num_gpus=1 if device == "cuda" else 0,
         )
         target = _work_dir(Path(output)) if local_output else str(output)
         try:
@@ -564,3 +567,28 @@ def _replace_dir(work: Path, output: Path) -> None:
         os.replace(output, old)
     os.replace(work, output)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def predict_command(
+    bundle: Path,
+    input: str,
+    output: str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+    **options,
+) -> None:
+    """`sft-predict --engine ray`: run the job and print one summary line (serve.cli delegates here)."""
+    import sys
+
+    if resume:
+        raise ServeError("--resume: only with --engine local (a Ray job writes a whole new output folder)")
+    s = predict_with_ray(
+        bundle, input, output, threads=threads or 1, progress=progress and sys.stderr.isatty(), **options
+    )
+    bad = f", {s.errors} with errors" if s.errors else ""
+    print(
+        f"wrote {s.rows} predictions{bad} to {s.output} in {s.seconds:.2f}s "
+        f"({s.rows_per_second:.0f} rows/s on {s.actors} actor(s); Ray started in {s.startup_seconds:.1f}s)"
+    )
