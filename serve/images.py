@@ -271,6 +271,16 @@ def list_images(path: str | Path) -> list[Path]:
     return files
 
 
+def is_image_bundle(path: str | Path) -> bool:
+    """Whether manifest.json names the image-classification task (anything unreadable: False, so the
+    general bundle reader reports it)."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("task") == ImageClassifier.task
+
+
 def read_image_bundle(path: str | Path, *, verify: bool = True):
     """An image-classification bundle's manifest, checked: the task, the labels, the files and their sha256.
     (serve/bundle.py's reader covers the text tasks, whose bundles carry tokenizer.json and max_length.)"""
@@ -436,8 +446,8 @@ def predict_images(
     limits: ImageLimits = ImageLimits(),
 ) -> int:
     """sft-predict over a folder of images or a file of paths: one JSON line per image
-    ({"path", "predictions"}), written to a temporary file renamed into place. An unreadable image stops it
-    with one line naming the file (nothing is left half-written)."""
+    ({"index", "path", "predictions"}), written to a temporary file renamed into place. An unreadable
+    image stops it with one line naming the file (nothing is left half-written)."""
     import os
     import tempfile
 
@@ -451,8 +461,11 @@ def predict_images(
             for start in range(0, len(files), batch_size):
                 chunk = files[start : start + batch_size]
                 images = [read_image_file(f, limits) for f in chunk]
-                for f, labels in zip(chunk, classifier.predict(images, top_k=top_k), strict=True):
-                    out.write(json.dumps({"path": str(f), "predictions": labels}) + "\n")
+                for i, (f, labels) in enumerate(
+                    zip(chunk, classifier.predict(images, top_k=top_k), strict=True)
+                ):
+                    row = {"index": start + i, "path": str(f), "predictions": labels}
+                    out.write(json.dumps(row) + "\n")
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -234,7 +234,7 @@ def test_predict_request_shapes_and_batched_run(exported):
 
 def test_predict_over_a_folder_and_a_bad_image(exported, tmp_path, capsys):
     from serve.errors import report_errors
-    from serve.images import ImageClassifier, predict_images
+    from serve.images import ImageClassifier, is_image_bundle, predict_images
 
     model_dir, eval_dir, report = exported
     classifier = ImageClassifier(report.bundle_dir)
@@ -242,6 +242,8 @@ def test_predict_over_a_folder_and_a_bad_image(exported, tmp_path, capsys):
     assert predict_images(classifier, eval_dir, out, batch_size=5) == 12
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 12 and all(len(r["predictions"]) == 3 for r in lines)
+    assert [r["index"] for r in lines] == list(range(12))
+    assert is_image_bundle(report.bundle_dir) and not is_image_bundle(tmp_path)
 
     bad = write_image_folder(tmp_path / "bad", per_class=1)
     (bad / "green" / "0.jpg").write_bytes(b"\x89PNG broken")
