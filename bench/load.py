@@ -196,11 +196,12 @@ def start_server(
     *,
     env: dict[str, str] | None = None,
     path: str = "/predict",
+    cwd: str | None = None,
 ) -> tuple[subprocess.Popen, float]:
     """Start the server; return it and the seconds from process start to its first 200 on `path`."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=log, start_new_session=True, env={**os.environ, **(env or {})}
+        cmd, stdout=log, stderr=log, start_new_session=True, env={**os.environ, **(env or {})}, cwd=cwd
     )
 
     async def first_ok() -> None:
@@ -248,13 +249,16 @@ class Arm:
     path: str = "/predict"
     env: dict[str, str] = field(default_factory=dict)
     soak: bool = False
+    cwd: str | None = None
 
 
 def bench_server(
     arm: Arm, levels: list[int], *, seconds: float, max_requests: int, soak: int, cold_starts: int
 ) -> dict:
     colds = []
-    start = functools.partial(start_server, arm.cmd, arm.port, arm.bodies[0], env=arm.env, path=arm.path)
+    start = functools.partial(
+        start_server, arm.cmd, arm.port, arm.bodies[0], env=arm.env, path=arm.path, cwd=arm.cwd
+    )
     for _ in range(cold_starts - 1):  # extra cold starts, measured and stopped at once
         proc, cold = start()
         colds.append(cold)
@@ -361,12 +365,15 @@ def arms_for(a: argparse.Namespace, bodies: list[bytes]) -> list[Arm]:
             cmd = [sys.executable, "-m", "bench.baseline_server", a.checkpoint, "--port", str(port)]
             arms.append(Arm(name, cmd, port, bodies))
         elif name == "infinity":
-            # infinity-emb's /classify (its own venv), same texts one per request
+            # infinity-emb's /classify (in its own venv), same texts one per request. It is started in
+            # the model directory with --model-id ".": given a path, infinity 0.0.78 hands optimum 2.x
+            # an absolute file name, which optimum refuses.
+            model_dir = Path(a.infinity_model or a.checkpoint).resolve()
             cmd = [
                 a.infinity,
                 "v2",
                 "--model-id",
-                a.infinity_model or a.checkpoint,
+                ".",
                 "--served-model-name",
                 "clf",
                 "--engine",
@@ -380,9 +387,8 @@ def arms_for(a: argparse.Namespace, bodies: list[bytes]) -> list[Arm]:
                 *a.infinity_args.split(),
             ]
             own = [json.dumps({"input": [t], "model": "clf"}).encode() for t in texts]
-            arms.append(
-                Arm(name, cmd, port, own, path="/classify", env={"INFINITY_ANONYMOUS_USAGE_STATS": "0"})
-            )
+            env = {"INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
+            arms.append(Arm(name, cmd, port, own, path="/classify", env=env, cwd=str(model_dir)))
         else:
             raise SystemExit(
                 f"error: unknown server {name!r} (sft-serve, sft-serve-before, baseline, infinity)"
@@ -420,7 +426,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--before", help="source tree whose serve/ the sft-serve-before arm runs (a git worktree)")
     p.add_argument("--infinity", default="infinity_emb", help="infinity-emb's CLI (e.g. in its own venv)")
-    p.add_argument("--infinity-model", help="model directory for infinity [default: CHECKPOINT]")
+    p.add_argument(
+        "--infinity-model", help="model directory for infinity, with a model.onnx [default: CHECKPOINT]"
+    )
     p.add_argument("--infinity-args", default="", help="extra arguments for infinity_emb v2")
     p.add_argument(
         "--ceiling-seconds",

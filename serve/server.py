@@ -20,6 +20,8 @@ from .app import App
 from .errors import ServeError
 from .options import ServeOptions
 
+BACKLOG = 2048
+
 
 def protocol_class(header_timeout: float, body_timeout: float) -> type:
     class Protocol(HttpToolsProtocol):
@@ -99,7 +101,7 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise ServeError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
-    sock.set_inheritable(True)
+    sock.listen(BACKLOG)  # listening before "listening on" is printed; uvicorn accepts from it once started
     return sock
 
 
@@ -120,7 +122,7 @@ async def serve_async(runner, options: ServeOptions, *, ready_message: bool = Tr
         access_log=False,
         server_header=False,
         date_header=False,
-        backlog=2048,
+        backlog=BACKLOG,
         timeout_keep_alive=options.keep_alive_timeout,
         timeout_graceful_shutdown=options.drain_timeout,
         ssl_certfile=str(options.ssl_certfile) if options.ssl_certfile else None,

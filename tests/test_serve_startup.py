@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import ROOT
@@ -47,7 +46,7 @@ def test_serve_modules_import_each_other_one_way():
         visit(name, [])
 
 
-def _loaded_after(script: str, *args: str) -> tuple[set[str], float, str]:
+def _loaded_after(script: str, *args: str) -> tuple[set[str], str]:
     code = (
         "import sys, runpy\n"
         f"sys.argv = {[script, *args]!r}\n"
@@ -57,11 +56,9 @@ def _loaded_after(script: str, *args: str) -> tuple[set[str], float, str]:
         "    pass\n"
         "print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr)\n"
     )
-    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - t0
     line = next(x for x in out.stderr.splitlines() if x.startswith("MODULES "))
-    return set(line.split()[1:]), seconds, out.stdout + out.stderr
+    return set(line.split()[1:]), out.stdout + out.stderr
 
 
 # sft-export stays heavy until export/__init__.py and sft/__init__.py load their names lazily (as
@@ -78,8 +75,7 @@ def test_help_and_argument_errors_stay_light(script, args):
         args = ("x", "--opset", "notanumber")
     if script == "sft-predict" and "--port" in args:
         args = ("x", "--batch-size", "notanumber")
-    loaded, seconds, output = _loaded_after(script, *args)
+    loaded, output = _loaded_after(script, *args)  # (no wall-clock bound: the test machine is shared)
     assert "Usage:" in output
     heavy = sorted(m for m in HEAVY if m in loaded)
     assert not heavy, f"{script} {' '.join(args)} imported {heavy}"
-    assert seconds < 2.0  # loose: the machine is shared; the imports above are what keeps it ~0.1 s
