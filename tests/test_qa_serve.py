@@ -195,6 +195,13 @@ def test_runner_batches_every_window_and_matches_the_pipeline(tiny_qa, monkeypat
     items = runner.encode(CONTEXTS)  # sft-predict's path: (question, context) rows, sorted by cost
     assert len(items[2].ids) == sum(len(w.ids) for w in items[2].windows) > 64
     assert runner.run(items, [{}] * len(items)) == answers
+    from serve.predict import _predict_chunk
+
+    chunked = _predict_chunk(runner, CONTEXTS, 2, 20)  # length-sorted batches of two, back in input order
+    assert [[(a["answer"], a["start"]) for a in r] for r in chunked] == [
+        [(a["answer"], a["start"]) for a in r] for r in answers
+    ]
+    assert [r[0]["score"] for r in chunked] == pytest.approx([r[0]["score"] for r in answers], rel=1e-5)
     pipe = pipeline("question-answering", model=model, tokenizer=tokenizer, device="cpu")
     for (q, c), ours in zip(CONTEXTS, answers, strict=True):
         theirs = pipe(question=q, context=c, max_seq_len=64, doc_stride=16)
