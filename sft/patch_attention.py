@@ -503,7 +503,12 @@ def unpatch_model(model: torch.nn.Module) -> None:
     """Undo :func:`patch_model` (restore the original attention)."""
     for m in model.modules():
         if hasattr(m, "_sft_orig_forward"):
-            del m.forward  # the instance attribute; the class's forward is visible again
+            if hasattr(
+                m, "_sft_unpad_orig_forward"
+            ):  # sft.unpad wraps this patch: it now chains to the class's
+                m._sft_unpad_orig_forward = m._sft_orig_forward
+            else:
+                del m.forward  # the instance attribute; the class's forward is visible again
             del m._sft_orig_forward
         if hasattr(m, _BACKEND_ATTR):
             delattr(m, _BACKEND_ATTR)

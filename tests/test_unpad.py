@@ -351,3 +351,20 @@ def test_triton_varlen_kernel_path_matches_padded():
     model, notes = apply_unpadding(copy.deepcopy(ref), task="token-classification", backend="triton")
     assert "Triton varlen kernel" in notes[0]
     _assert_same(ref, model.train(), _batch([9, 2, 5]), "tok")
+
+
+def test_stacks_on_the_attention_patch_and_survives_its_removal():
+    from sft.patch_attention import patch_model, unpatch_model
+
+    torch.manual_seed(0)
+    ref = transformers.BertForSequenceClassification(_config("bert", num_labels=3)).train()
+    model = copy.deepcopy(ref)
+    patch_model(model, backend="torch")  # the order sft.train uses: attention patch, then unpadding
+    apply_unpadding(model, task="sequence-classification", backend="torch")
+    _assert_same(ref, model.train(), _batch([9, 2, 5]), "seq")
+    unpatch_model(model)
+    ref.zero_grad(), model.zero_grad()
+    _assert_same(ref, model, _batch([9, 2, 5]), "seq")
+    batch = _batch([4, 7])
+    with torch.no_grad():  # eval: the class's own forward again, exactly
+        assert torch.equal(ref.eval()(**batch).logits, model.eval()(**batch).logits)
