@@ -264,8 +264,10 @@ def run_loop(run: Run, progress: TrainingProgress, log: RunLog) -> None:
                 break
 
 
-def train_step(run: Run, progress: TrainingProgress, order: BatchOrder, step: int) -> tuple[float, float]:
-    """One optimizer step over --grad-accum micro-batches; returns (mean loss, gradient norm)."""
+def train_step(
+    run: Run, progress: TrainingProgress, order: BatchOrder, step: int
+) -> tuple[float, torch.Tensor]:
+    """One optimizer step over --grad-accum micro-batches; returns (mean loss, gradient norm unclipped)."""
     cfg, dist, task = run.cfg, run.dist, run.task
     run.model.train()
     autocast = _autocast(run.device, cfg.precision)
@@ -294,14 +296,14 @@ def train_step(run: Run, progress: TrainingProgress, order: BatchOrder, step: in
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
-    return step_loss, float(grad_norm)
+    return step_loss, grad_norm  # a tensor: read on the host only when logged
 
 
-def _log_train(run: Run, progress: TrainingProgress, log: RunLog, grad_norm: float) -> None:
+def _log_train(run: Run, progress: TrainingProgress, log: RunLog, grad_norm: torch.Tensor) -> None:
     record = {
         "loss": progress.last_loss,
         "lr": run.scheduler.get_last_lr()[0],
-        "grad_norm": grad_norm,
+        "grad_norm": float(grad_norm),
         "examples_per_s": progress.examples_per_s(),
         "tokens_per_s": progress.tokens_per_s(),
     }
