@@ -40,7 +40,7 @@ import pyarrow as pa
 import ray
 from ray.data.datasource import FileBasedDatasource
 
-from .bundle import GENERATION_TASK, read_manifest
+from .bundle import GENERATION_TASK, read_manifest, sha256_file
 from .errors import ServeError
 from .inputs import _checked, _row
 from .predict import _predict_chunk, input_columns, record_for
@@ -345,7 +345,7 @@ class BundlePredictor:
 class ShippedBundle:
     """A bundle's files in Ray's object store, for clusters whose nodes cannot read the driver's disk."""
 
-    name: str
+    key: str  # sha256 of manifest.json, which holds every other file's sha256
     files: dict[str, ray.ObjectRef]
 
     @classmethod
@@ -353,15 +353,21 @@ class ShippedBundle:
         bundle = read_manifest(path)
         names = ["manifest.json", *bundle.manifest["sha256"], "model.onnx", "tokenizer.json"]
         files = {name: ray.put((bundle.path / name).read_bytes()) for name in dict.fromkeys(names)}
-        return cls(bundle.path.name, files)
+        return cls(sha256_file(bundle.path / "manifest.json")[:16], files)
 
     def materialize(self) -> Path:
-        """Write the files to a local temporary folder once per process (the runner checks their sha256)."""
-        out = Path(tempfile.gettempdir()) / f"sft-bundle-{os.getpid()}-{self.name}"
-        if not (out / "manifest.json").is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            for name, ref in self.files.items():
-                (out / name).write_bytes(ray.get(ref))
+        """The files in a local folder, one per node and bundle (the runner then checks their sha256)."""
+        out = Path(tempfile.gettempdir()) / f"sft-bundle-{self.key}"
+        if (out / "manifest.json").is_file():
+            return out
+        work = out.with_name(f"{out.name}.partial-{os.getpid()}")
+        work.mkdir(parents=True, exist_ok=True)
+        for name, ref in self.files.items():
+            (work / name).write_bytes(ray.get(ref))
+        try:
+            os.replace(work, out)
+        except OSError:  # another actor on this node got there first
+            shutil.rmtree(work, ignore_errors=True)
         return out
 
 

@@ -103,7 +103,7 @@ def test_parquet_folder_in_parquet_out_token_classification(local_ray, ner_bundl
         ]
 
 
-def test_generation_csv_glob_to_jsonl(local_ray, gen_bundle, tmp_path):
+def test_generation_csv_glob_to_jsonl_bundle_shipped(local_ray, gen_bundle, tmp_path):
     prompts = [f"where is my order {i}" for i in range(12)]
     for part in (0, 1):
         lines = ["id,prompt"] + [f"{i},{p}" for i, p in enumerate(prompts[part * 6 : part * 6 + 6])]
@@ -118,6 +118,7 @@ def test_generation_csv_glob_to_jsonl(local_ray, gen_bundle, tmp_path):
         text_column="prompt",
         output_format="jsonl",
         max_new_tokens=4,
+        ship_bundle=True,  # through the object store, as when joining a cluster with --address
     )
     got = read_output(tmp_path / "out", "jsonl")
     assert [r["row_id"] for r in got] == [
