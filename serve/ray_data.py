@@ -504,7 +504,8 @@ def _start_ray(address: str | None, num_cpus: int | None, progress: bool) -> boo
             log_to_driver=False,
         )
     except ConnectionError as e:
-        raise ServeError(f"--address {address}: cannot connect to a Ray cluster ({e})") from None
+        hint = " (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token)"
+        raise ServeError(f"--address {address}: {e}{hint}") from None
     return True
 
 
@@ -594,7 +595,8 @@ def predict_command(
         bundle, input, output, threads=threads or 1, progress=progress and sys.stderr.isatty(), **options
     )
     bad = f", {s.errors} with errors" if s.errors else ""
+    rate = f"{s.rows_per_second:.0f}" if s.rows_per_second >= 10 else f"{s.rows_per_second:.2f}"
     print(
         f"wrote {s.rows} predictions{bad} to {s.output} in {s.seconds:.2f}s "
-        f"({s.rows_per_second:.0f} rows/s on {s.actors} actor(s); Ray started in {s.startup_seconds:.1f}s)"
+        f"({rate} rows/s on {s.actors} actor(s); Ray started in {s.startup_seconds:.1f}s)"
     )
