@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import DEMO, ROOT
 
 pytest_plugins = ["serve_fixtures"]
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install sft-toolchain[ray])")
@@ -172,3 +172,17 @@ def test_bad_rows_fail_with_file_and_line_or_go_to_an_error_column(local_ray, cl
         None,
     ]
     assert [r["label"] is None for r in got] == [False, True, True, True, False]
+
+
+def test_option_and_input_errors_are_one_line(local_ray, cls_bundle, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ServeError, match=r"--actors 3 x --threads 1 needs 3 CPUs; the Ray cluster has 2"):
+        predict_with_ray(cls_bundle, str(DEMO / "predict.txt"), out, actors=3)
+    with pytest.raises(ServeError, match=r"no file matches"):
+        predict_with_ray(cls_bundle, str(tmp_path / "none-*.jsonl"), out)
+    with pytest.raises(ServeError, match=r"--input .*missing\.jsonl"):
+        predict_with_ray(cls_bundle, str(tmp_path / "missing.jsonl"), out)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(ServeError, match=r"not empty and was not written by sft-predict"):
+        predict_with_ray(cls_bundle, str(DEMO / "predict.txt"), tmp_path / "taken")
