@@ -75,8 +75,8 @@ def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
 
     from sft import load_config
     from sft.models import default_model_path
+    from sft.recipe import BatchOrder, _set_dropout
     from sft.tasks import make_task
-    from sft.train import BatchOrder, _set_dropout
 
     cfg = load_config(overrides=cfg_overrides)
     task = make_task(cfg)

@@ -96,7 +96,7 @@ def run_ours(task, model_dir: Path, args) -> dict:
     from transformers import AutoModelForImageClassification, get_linear_schedule_with_warmup
 
     from kernels import resolve_backend
-    from sft.train import BatchOrder
+    from sft.recipe import BatchOrder
 
     train_rows, eval_rows = task.encode(task.load_processor(str(model_dir)))
     model = AutoModelForImageClassification.from_pretrained(model_dir)
@@ -127,7 +127,7 @@ def run_trainer(task, model_dir: Path, args) -> dict:
     from torch.utils.data import Sampler
     from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
-    from sft.train import BatchOrder
+    from sft.recipe import BatchOrder
 
     train_rows, eval_rows = task.encode(task.load_processor(str(model_dir)))
     t0 = time.perf_counter()

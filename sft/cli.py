@@ -1,4 +1,4 @@
-"""`sft-train`: a thin typer layer over sft.train.train().
+"""`sft-train`: a thin typer layer over sft.recipe.train().
 
 Every TrainConfig field is a CLI option (`lora_r` -> `--lora-r`); options given on the command line
 override the YAML file given with --config. The options are generated from the dataclass so the CLI,
@@ -183,7 +183,7 @@ def _option(field: dataclasses.Field, hints: dict[str, typing.Any]) -> inspect.P
 
 def train_command(config: Path | None = None, **options) -> None:
     from .config import load_config
-    from .train import train as run_train
+    from .recipe import train as run_train
 
     if isinstance(options.get("lora_targets"), str):
         options["lora_targets"] = [t.strip() for t in options["lora_targets"].split(",") if t.strip()]

@@ -64,7 +64,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_bert, tmp_path_factory) -> Path:
-    """The tiny BERT fine-tuned a few steps on the demo data by sft.train."""
+    """The tiny BERT fine-tuned a few steps on the demo data by sft.recipe."""
     from sft import load_config, train
 
     out = tmp_path_factory.mktemp("tiny-ckpt") / "ckpt"

@@ -13,8 +13,8 @@ import yaml
 from conftest import assert_clean_error, run_cli
 
 from sft import InputError, load_config, train
+from sft.recipe import load_model
 from sft.tasks import make_task, resolve_class_weights
-from sft.train import load_model
 
 
 def _imbalanced(path, ham=30, spam=6):

@@ -14,14 +14,9 @@ import pytest
 from sft.config import TrainConfig
 
 HEAVY = ("torch", "transformers", "optimum")
-# sft-export reaches torch only through sft/__init__.py (export.cli -> sft.errors -> sft -> sft.train), which
-# still imports the training recipe eagerly; sft-train fails for that reason too until that file is lazy.
-_EXPORT_VIA_SFT_INIT = pytest.mark.xfail(
-    strict=False, reason="sft/__init__.py imports sft.train (torch) eagerly; export.cli imports sft.errors"
-)
 CLIS = (
     "sft-train",
-    pytest.param("sft-export", marks=_EXPORT_VIA_SFT_INIT),
+    "sft-export",
     "sft-predict",
     "sft-serve",
     "sft-bench",

@@ -253,7 +253,7 @@ def test_training_learns_to_find_the_answer(tokenizer, tiny_model, tmp_path, mon
     from sft import load_config, train
 
     if "question-answering" not in sft.config.TASKS:  # until sft-train registers the task
-        trainer = importlib.import_module("sft.train")
+        trainer = importlib.import_module("sft.recipe")
         make_task = trainer.make_task
         monkeypatch.setattr(sft.config, "TASKS", (*sft.config.TASKS, "question-answering"))
         monkeypatch.setitem(sft.model_card.PIPELINE_TAGS, "question-answering", "question-answering")
