@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import InputError
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm")
+TASKS = ("sequence-classification", "token-classification", "causal-lm", "image-classification")
 PROBLEM_TYPES = ("single-label", "multi-label", "regression")
 KERNEL_CHOICES = ("auto", "triton", "torch")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -29,6 +29,7 @@ class TrainConfig:
     task: str = "sequence-classification"
     problem_type: str = "single-label"  # sequence classification: single-label | multi-label | regression
     text_column: str = "text"
+    image_column: str = "image"  # image-classification tables: the column holding image paths
     text_pair_column: str | None = None
     label_column: str = "label"
     label_separator: str = "|"  # multi-label labels written as "a|b" in CSV/TSV
@@ -36,6 +37,7 @@ class TrainConfig:
     max_length: int = 128
     packing: bool = False  # causal-lm: pack several examples into each row
     group_by_length: bool = False
+    augment: str = "light"  # image-classification: none | light (random resized crop, horizontal flip)
     max_train_samples: int | None = None  # use only the first N training examples (quick runs)
     max_eval_samples: int | None = None  # use only the first N evaluation examples
     output: str = "runs/model"

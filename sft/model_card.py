@@ -16,6 +16,7 @@ PIPELINE_TAGS = {
     "sequence-classification": "text-classification",
     "token-classification": "token-classification",
     "causal-lm": "text-generation",
+    "image-classification": "image-classification",
 }
 # Headline metrics, in this order, when present.
 HEADLINE = (

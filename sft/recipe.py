@@ -167,7 +167,8 @@ def use_class_weights(cfg: TrainConfig, task: Task, train_rows, device, say) -> 
 
 
 def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = getattr(tokenizer, "pad_token_id", None)  # an image processor has none
+    return pad if pad is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
 
 
 def build_optimizer(cfg: TrainConfig, model, unsup, total_steps: int, say: Callable[[str], None]):
@@ -285,7 +286,8 @@ def train_step(
             run.scaler.scale(loss / cfg.grad_accum).backward()
         step_loss += loss.item() / cfg.grad_accum
         progress.seen_examples += len(idx) * dist.world
-        progress.seen_tokens += int(batch["attention_mask"].sum()) * dist.world
+        if "attention_mask" in batch:  # text tasks; images have no tokens to count
+            progress.seen_tokens += int(batch["attention_mask"].sum()) * dist.world
     if run.unsup is not None:
         dist.average_grads(run.unsup.head_parameters())
     run.scaler.unscale_(run.optimizer)
@@ -521,8 +523,11 @@ def load_model(model_path: str, task: Task):
     from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # "newly initialized head" is expected when fine-tuning
+    load_processor = getattr(task, "load_processor", None)  # image tasks: the checkpoint's image processor
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = (
+            load_processor(model_path) if load_processor else AutoTokenizer.from_pretrained(model_path)
+        )
         model = task.auto_class().from_pretrained(
             model_path, ignore_mismatched_sizes=True, **task.model_kwargs()
         )
@@ -530,6 +535,8 @@ def load_model(model_path: str, task: Task):
         raise InputError(
             f"--model {model_path}: cannot load it for {task.cfg.task} ({str(e).splitlines()[0]})"
         ) from None
+    if load_processor:
+        return tokenizer, model
     if not tokenizer.is_fast:
         raise InputError(
             f"--model {model_path}: needs a fast tokenizer (tokenizer.json) for export and serving"

@@ -21,7 +21,7 @@ import torch
 
 from .errors import InputError
 
-_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+_LAYER = re.compile(r"\.(?:stages|layer|layers|h|block|blocks)\.(\d+)\.")
 _EMBED = re.compile(r"embed|wte|wpe|shared")
 
 
@@ -176,12 +176,20 @@ def apply_lora(
                 raise InputError(
                     f"--lora-targets {t}: LoRA supports Linear / Embedding / Conv1d modules only"
                 )
+    extra = {}
+    if task_type is None:  # no PEFT task type (image models): the task says what to adapt and keep
+        from .vision import lora_settings
+
+        settings = lora_settings(model)
+        targets = targets or settings["target_modules"]
+        extra["modules_to_save"] = settings["modules_to_save"]
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets or "all-linear",
         task_type=task_type,
+        **extra,
     )
     try:
         return get_peft_model(model, config)

@@ -27,7 +27,14 @@ def make_task(cfg: TrainConfig) -> Task:
         "sequence-classification": SequenceClassification,
         "token-classification": TokenClassification,
         "causal-lm": CausalLM,
+        "image-classification": _image_classification,
     }[cfg.task](cfg)
+
+
+def _image_classification(cfg: TrainConfig) -> Task:
+    from .vision import ImageClassification  # Pillow and the image processors only when asked for
+
+    return ImageClassification(cfg)
 
 
 def resolve_class_weights(

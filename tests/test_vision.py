@@ -286,11 +286,6 @@ def test_freeze_and_layer_lrs_on_vit_blocks(tmp_path):
     assert trainable == ["classifier.bias", "classifier.weight", "vit.layernorm.bias", "vit.layernorm.weight"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sft/strategies.py groups CNN parameters by the block index inside a stage; needs "
-    "_LAYER = re.compile(r'\\.(?:stages|layer|layers|h|block|blocks)\\.(\\d+)\\.') (remove this mark then)",
-)
 def test_layer_groups_are_resnet_stages(tmp_path):
     from transformers import ResNetForImageClassification
 
