@@ -14,7 +14,13 @@ from typing import Any
 
 from sft.errors import InputError
 
-TASKS = ("text-classification", "token-classification", "text-generation-with-past", "image-classification")
+TASKS = (
+    "text-classification",
+    "token-classification",
+    "text-generation-with-past",
+    "image-classification",
+    "question-answering",
+)
 TASK_ALIASES = {  # sft-train's task names, and Optimum's name for a decoder without the "-with-past"
     "sequence-classification": "text-classification",
     "causal-lm": "text-generation-with-past",
@@ -25,11 +31,13 @@ TASK_BY_ARCHITECTURE_SUFFIX = {
     "ForTokenClassification": "token-classification",
     "ForCausalLM": "text-generation-with-past",
     "ForImageClassification": "image-classification",
+    "ForQuestionAnswering": "question-answering",
 }
 TASK_BY_PEFT_TYPE = {
     "SEQ_CLS": "text-classification",
     "TOKEN_CLS": "token-classification",
     "CAUSAL_LM": "text-generation-with-past",
+    "QUESTION_ANS": "question-answering",
 }
 IMAGE_TASK = "image-classification"
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"

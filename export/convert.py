@@ -20,6 +20,7 @@ AUTO_MODEL_BY_TASK = {
     "token-classification": "AutoModelForTokenClassification",
     "text-generation-with-past": "AutoModelForCausalLM",
     "image-classification": "AutoModelForImageClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
 }
 # Tokenizer and generation files that travel with a merged LoRA model (whichever exist).
 SIDE_FILES = (

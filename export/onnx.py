@@ -284,6 +284,10 @@ def _manifest(directory: Path, ckpt: Checkpoint, task: str, max_length: int) -> 
         from .vision import image_manifest
 
         return image_manifest(directory, ckpt)
+    if task == "question-answering":
+        from .qa import qa_manifest
+
+        return qa_manifest(directory, ckpt, max_length)
     return build_manifest(directory, ckpt, task, max_length)
 
 
@@ -292,6 +296,10 @@ def _compare(task: str, reference, variant: Path, inputs: list) -> list[OutputDi
         from .vision import compare_images
 
         return compare_images(reference, variant, inputs)
+    if task == "question-answering":
+        from .qa import compare_qa
+
+        return compare_qa(reference, variant, inputs)
     return compare(task, reference, variant, inputs)
 
 

@@ -13,7 +13,13 @@ from typing import Any
 
 from .errors import InputError
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm", "image-classification")
+TASKS = (
+    "sequence-classification",
+    "token-classification",
+    "causal-lm",
+    "image-classification",
+    "question-answering",
+)
 PROBLEM_TYPES = ("single-label", "multi-label", "regression")
 KERNEL_CHOICES = ("auto", "triton", "torch")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -29,6 +35,9 @@ class TrainConfig:
     task: str = "sequence-classification"
     problem_type: str = "single-label"  # sequence classification: single-label | multi-label | regression
     text_column: str = "text"
+    question_column: str = "question"  # question-answering tables (SQuAD JSON needs no column names)
+    context_column: str = "context"
+    answers_column: str = "answers"  # {text: [...], answer_start: [...]} or a list of {text, answer_start}
     image_column: str = "image"  # image-classification tables: the column holding image paths
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -37,6 +46,11 @@ class TrainConfig:
     max_length: int = 128
     packing: bool = False  # causal-lm: pack several examples into each row
     group_by_length: bool = False
+    doc_stride: int = 128  # question-answering: overlap of the windows over a long context (tokens)
+    max_answer_length: int = 30  # question-answering: longest answer span considered (tokens)
+    n_best_size: int = 20  # question-answering: start/end candidates searched per window
+    version_2_with_negative: bool = False  # SQuAD v2.0: questions may have no answer
+    null_score_diff_threshold: float = 0.0  # SQuAD v2.0: answer "no answer" above this margin
     augment: str = "light"  # image-classification: none | light (random resized crop, horizontal flip)
     max_train_samples: int | None = None  # use only the first N training examples (quick runs)
     max_eval_samples: int | None = None  # use only the first N evaluation examples
@@ -148,10 +162,14 @@ class TrainConfig:
             raise InputError("--packing applies to --task causal-lm only")
         if self.class_weights is not None:
             parse_class_weights(self.class_weights)
-            if self.task == "causal-lm" or (
+            if self.task in ("causal-lm", "question-answering") or (
                 self.task == "sequence-classification" and self.problem_type != "single-label"
             ):
-                what = self.task if self.task == "causal-lm" else f"--problem-type {self.problem_type}"
+                what = (
+                    self.task
+                    if self.task != "sequence-classification"
+                    else f"--problem-type {self.problem_type}"
+                )
                 raise InputError(
                     f"--class-weights applies to single-label sequence classification and token "
                     f"classification, not {what}"

@@ -17,10 +17,12 @@ PIPELINE_TAGS = {
     "token-classification": "token-classification",
     "causal-lm": "text-generation",
     "image-classification": "image-classification",
+    "question-answering": "question-answering",
 }
 # Headline metrics, in this order, when present.
 HEADLINE = (
     "loss",
+    "exact_match",
     "accuracy",
     "f1_macro",
     "f1_micro",

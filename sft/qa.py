@@ -24,20 +24,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import TrainConfig
 from .errors import InputError
 from .tasks import Task, first_n, pad_rows
 
-# Options of this task, read off the config (the defaults of transformers' run_qa.py).
-QA_DEFAULTS = {
-    "doc_stride": 128,
-    "max_answer_length": 30,
-    "n_best_size": 20,
-    "version_2_with_negative": False,
-    "null_score_diff_threshold": 0.0,
-    "question_column": "question",
-    "context_column": "context",
-    "answers_column": "answers",
-}
+# Options of this task (defaults as transformers' run_qa.py), defined once in TrainConfig.
+QA_OPTIONS = (
+    "doc_stride",
+    "max_answer_length",
+    "n_best_size",
+    "version_2_with_negative",
+    "null_score_diff_threshold",
+    "question_column",
+    "context_column",
+    "answers_column",
+)
+QA_DEFAULTS = {name: TrainConfig.__dataclass_fields__[name].default for name in QA_OPTIONS}
 
 
 @dataclass
@@ -281,7 +283,7 @@ class QuestionAnswering(Task):
     labels = None
 
     def option(self, name: str):
-        return getattr(self.cfg, name, QA_DEFAULTS[name])
+        return getattr(self.cfg, name)
 
     def load(self) -> None:
         v2 = bool(self.option("version_2_with_negative"))

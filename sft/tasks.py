@@ -28,7 +28,14 @@ def make_task(cfg: TrainConfig) -> Task:
         "token-classification": TokenClassification,
         "causal-lm": CausalLM,
         "image-classification": _image_classification,
+        "question-answering": _question_answering,
     }[cfg.task](cfg)
+
+
+def _question_answering(cfg: TrainConfig) -> Task:
+    from .qa import QuestionAnswering  # sft/qa.py builds on this module
+
+    return QuestionAnswering(cfg)
 
 
 def _image_classification(cfg: TrainConfig) -> Task:
