@@ -19,6 +19,7 @@ TASKS = (
     "causal-lm",
     "image-classification",
     "question-answering",
+    "seq2seq",
 )
 PROBLEM_TYPES = ("single-label", "multi-label", "regression")
 KERNEL_CHOICES = ("auto", "triton", "torch")
@@ -38,6 +39,11 @@ class TrainConfig:
     question_column: str = "question"  # question-answering tables (SQuAD JSON needs no column names)
     context_column: str = "context"
     answers_column: str = "answers"  # {text: [...], answer_start: [...]} or a list of {text, answer_start}
+    source_column: str = "source"  # seq2seq tables: the input text (or --train SRC:TGT parallel files)
+    target_column: str = "target"  # seq2seq tables: the output text
+    source_prefix: str | None = None  # seq2seq: put before every source (T5: "translate English to German: ")
+    generation_max_length: int = 128  # seq2seq evaluation: longest generated output (tokens)
+    num_beams: int = 1  # seq2seq evaluation: beam width (1 = greedy)
     image_column: str = "image"  # image-classification tables: the column holding image paths
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -113,7 +119,16 @@ class TrainConfig:
                 raise InputError(
                     f"--{_flag(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
-        for name in ("batch_size", "eval_batch_size", "max_length", "lr", "grad_accum", "keep_last"):
+        for name in (
+            "batch_size",
+            "eval_batch_size",
+            "max_length",
+            "lr",
+            "grad_accum",
+            "keep_last",
+            "generation_max_length",
+            "num_beams",
+        ):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         for name in (
@@ -162,7 +177,7 @@ class TrainConfig:
             raise InputError("--packing applies to --task causal-lm only")
         if self.class_weights is not None:
             parse_class_weights(self.class_weights)
-            if self.task in ("causal-lm", "question-answering") or (
+            if self.task in ("causal-lm", "question-answering", "seq2seq") or (
                 self.task == "sequence-classification" and self.problem_type != "single-label"
             ):
                 what = (

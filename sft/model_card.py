@@ -18,6 +18,7 @@ PIPELINE_TAGS = {
     "causal-lm": "text-generation",
     "image-classification": "image-classification",
     "question-answering": "question-answering",
+    "seq2seq": "text2text-generation",
 }
 # Headline metrics, in this order, when present.
 HEADLINE = (

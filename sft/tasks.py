@@ -29,6 +29,7 @@ def make_task(cfg: TrainConfig) -> Task:
         "causal-lm": CausalLM,
         "image-classification": _image_classification,
         "question-answering": _question_answering,
+        "seq2seq": _seq2seq,
     }[cfg.task](cfg)
 
 
@@ -36,6 +37,12 @@ def _question_answering(cfg: TrainConfig) -> Task:
     from .qa import QuestionAnswering  # sft/qa.py builds on this module
 
     return QuestionAnswering(cfg)
+
+
+def _seq2seq(cfg: TrainConfig) -> Task:
+    from .seq2seq import Seq2Seq  # sft/seq2seq.py builds on this module
+
+    return Seq2Seq(cfg)
 
 
 def _image_classification(cfg: TrainConfig) -> Task:
