@@ -20,11 +20,14 @@ TASKS = (
     "text-generation-with-past",
     "image-classification",
     "question-answering",
+    "text2text-generation-with-past",
 )
 TASK_ALIASES = {  # sft-train's task names, and Optimum's name for a decoder without the "-with-past"
     "sequence-classification": "text-classification",
     "causal-lm": "text-generation-with-past",
     "text-generation": "text-generation-with-past",
+    "seq2seq": "text2text-generation-with-past",
+    "text2text-generation": "text2text-generation-with-past",
 }
 TASK_BY_ARCHITECTURE_SUFFIX = {
     "ForSequenceClassification": "text-classification",
@@ -32,12 +35,15 @@ TASK_BY_ARCHITECTURE_SUFFIX = {
     "ForCausalLM": "text-generation-with-past",
     "ForImageClassification": "image-classification",
     "ForQuestionAnswering": "question-answering",
+    "ForConditionalGeneration": "text2text-generation-with-past",  # T5, BART, Pegasus
+    "MTModel": "text2text-generation-with-past",  # Marian
 }
 TASK_BY_PEFT_TYPE = {
     "SEQ_CLS": "text-classification",
     "TOKEN_CLS": "token-classification",
     "CAUSAL_LM": "text-generation-with-past",
     "QUESTION_ANS": "question-answering",
+    "SEQ_2_SEQ_LM": "text2text-generation-with-past",
 }
 IMAGE_TASK = "image-classification"
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"

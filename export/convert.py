@@ -21,6 +21,7 @@ AUTO_MODEL_BY_TASK = {
     "text-generation-with-past": "AutoModelForCausalLM",
     "image-classification": "AutoModelForImageClassification",
     "question-answering": "AutoModelForQuestionAnswering",
+    "text2text-generation-with-past": "AutoModelForSeq2SeqLM",
 }
 # Tokenizer and generation files that travel with a merged LoRA model (whichever exist).
 SIDE_FILES = (

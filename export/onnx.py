@@ -85,8 +85,8 @@ def export_onnx(
     check_output_dir(output, marker="manifest.json")
     triton_name = None
     if triton_repo is not None:
-        if ckpt.task == IMAGE_TASK:
-            raise InputError("--triton-repo: the Triton entry is made for text models only")
+        if ckpt.task in (IMAGE_TASK, "text2text-generation-with-past"):
+            raise InputError("--triton-repo: the Triton entry is made for single-graph text models only")
         from .triton import check_repo, model_name
 
         triton_name = model_name(output)
@@ -176,6 +176,22 @@ def _build(
     from .runners import TorchModel
 
     task = ckpt.task
+    if task == "text2text-generation-with-past":  # three graphs: export/seq2seq.py builds the bundle
+        from .seq2seq import build_seq2seq
+
+        return build_seq2seq(
+            ckpt,
+            work,
+            scratch,
+            say,
+            atol=atol,
+            opset=opset,
+            max_length=max_length,
+            texts=texts,
+            optimize=optimize,
+            quantize=quantize,
+            eval_set=eval_set,
+        )
     model_dir = ckpt.path
     if ckpt.is_lora:
         say(f"merging LoRA adapter {ckpt.path} into {ckpt.base}")

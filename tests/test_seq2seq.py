@@ -28,7 +28,12 @@ def make_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 
@@ -277,3 +282,47 @@ def test_strategies_apply_to_t5(strategy, tmp_path):
     )
     result = train(cfg)
     assert result.metrics["tokens"] > 0 and 0 <= result.metrics["bleu"] <= 100
+
+
+# -- export ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart", "marian"])
+def test_export_validates_and_loads_in_optimum(kind, tmp_path):
+    """The three graphs match PyTorch, and ORTModelForSeq2SeqLM generates what the PyTorch model does."""
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from export.onnx import export_onnx
+
+    model_dir = write_model(tmp_path / "model", kind)
+    report = export_onnx(model_dir, tmp_path / "bundle")
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["task"] == "text2text-generation-with-past"
+    assert report.max_abs_diff < 1e-4
+    assert {"encoder.last_hidden_state", "decoder.logits", "decoder_with_past.logits"} <= set(
+        manifest["validation"]["outputs"]
+    )
+    assert manifest["generation"]["num_layers"] == 2 and manifest["generation"]["head_dim"] == 8
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer([s for s, _ in copy_pairs(4, 3)], return_tensors="pt", padding=True)
+    torch_model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    ort_model = ORTModelForSeq2SeqLM.from_pretrained(tmp_path / "bundle", use_cache=True)
+    for beams in (1, 3):
+        want = torch_model.generate(**batch, max_length=10, num_beams=beams)
+        got = ort_model.generate(**batch, max_length=10, num_beams=beams)
+        assert got.tolist() == want.tolist()
+
+
+def test_sft_export_cli_writes_a_seq2seq_bundle(tmp_path):
+    from conftest import assert_clean_error, run_cli
+
+    model_dir = write_model(tmp_path / "model", "t5")
+    proc = run_cli("sft-export", str(model_dir), "--onnx", "--output", str(tmp_path / "bundle"), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "text2text-generation-with-past" in proc.stdout and "decoder_with_past.logits" in proc.stdout
+    bad = run_cli(
+        "sft-export", str(model_dir), "--onnx", "--output", str(tmp_path / "b2"), "--quantize", "int8"
+    )
+    assert_clean_error(bad, "--quantize is not supported for text2text-generation-with-past")
+    assert not (tmp_path / "b2").exists()
