@@ -77,6 +77,8 @@ HELP = {
     "precision": "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling).",
     "gradient_checkpointing": "Recompute activations in backward to save memory.",
     "seed": "Random seed (data order, initialization, dropout).",
+    "unpad": "Encoders (BERT, RoBERTa, XLM-R, DistilBERT) train on real tokens only: padding is dropped "
+    "inside every layer (others keep the padded path, with a note). --no-unpad: the padded path.",
     "kernels": "auto (Triton on CUDA) | triton | torch: loss and attention kernels.",
     "freeze": "Freeze embeddings | bottom:K | all-but-head | a regex over parameter names.",
     "unfreeze_every": "Gradual unfreezing: start with the head, unfreeze one layer group every N steps.",
@@ -167,7 +169,7 @@ PANELS = {
         "keep_last",
         "resume",
     ],
-    "Kernels and hardware": ["kernels", "precision", "gradient_checkpointing", "fsdp"],
+    "Kernels and hardware": ["kernels", "unpad", "precision", "gradient_checkpointing", "fsdp"],
     "Logging": ["log_every", "tensorboard", "plots", "progress"],
 }
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}

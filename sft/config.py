@@ -77,6 +77,7 @@ class TrainConfig:
     dropout: float | None = None
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    unpad: bool = True  # encoders train on real tokens only (padding dropped inside every layer)
     seed: int = 42
     kernels: str = "auto"
     fsdp: bool = (

@@ -38,6 +38,9 @@ from .progress import ProgressBar, RunLog, TrainingProgress
 from .strategies import GradualUnfreezer, apply_freeze, apply_lora, describe_param_groups, param_groups
 from .tasks import Task, make_task, resolve_class_weights, steps_per_epoch
 
+# Tasks whose encoders train on real tokens only (sft/unpad.py); the rest keep padded batches.
+UNPADDED_TASKS = ("sequence-classification", "token-classification")
+
 
 @dataclass
 class TrainResult:
@@ -94,6 +97,7 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> TrainResult:
 
 
 def setup(cfg: TrainConfig) -> Run:
+    release_freed_memory()
     dist = Distributed.from_env()
     if dist.is_main:
         check_output_dir(Path(cfg.output), marker="train_config.yaml")
@@ -107,7 +111,7 @@ def setup(cfg: TrainConfig) -> Run:
     for line in notes:
         say(line)
     class_weights = use_class_weights(cfg, task, train_rows, device, say)
-    unsup = _unsup_objective(cfg, model, tokenizer, model_path)
+    unsup = _unsup_objective(cfg, model, tokenizer, model_path, kernels_backend)
     model.to(device)
     if unsup is not None:
         unsup.to(device)
@@ -546,6 +550,21 @@ def load_model(model_path: str, task: Task):
     return tokenizer, model
 
 
+def release_freed_memory() -> None:
+    """Have glibc hand freed tensors of 1 MiB and more back to the OS. By default its mmap threshold grows
+    to 32 MiB after the first large free, after which every batch of a new shape (dynamic padding) lands in
+    the heap and resident memory only grows: 4.2 GB after 188 steps of a 22M-parameter encoder."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def prepare_model(model, cfg: TrainConfig, task: Task, kernels_backend: str):
     """Apply the strategies that change the model itself; returns (model, lines to print)."""
     notes = []
@@ -572,6 +591,13 @@ def prepare_model(model, cfg: TrainConfig, task: Task, kernels_backend: str):
             targets=cfg.lora_targets,
             task_type=task.peft_task_type,
         )
+    if cfg.task in UNPADDED_TASKS:
+        from .unpad import apply_unpadding
+
+        model, lines = apply_unpadding(
+            model, task=cfg.task, mode="auto" if cfg.unpad else "off", backend=kernels_backend
+        )
+        notes.extend(lines)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     notes.append(f"trainable parameters: {trainable:,} of {total:,}")
@@ -596,13 +622,18 @@ def _kernels_backend(choice: str, device: torch.device) -> str:
         raise InputError(f"--kernels {choice}: {e}") from None
 
 
-def _unsup_objective(cfg, model, tokenizer, model_path):
+def _unsup_objective(cfg, model, tokenizer, model_path, kernels_backend: str):
     if not cfg.unsup_weight or cfg.task == "causal-lm":
         return None  # decoders use the prompt tokens of the same batch: no extra module
     from .unsup import MaskedLMObjective
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return MaskedLMObjective(model_path, base, tokenizer)
+    objective = MaskedLMObjective(model_path, base, tokenizer)
+    if cfg.unpad and cfg.task in UNPADDED_TASKS:  # the MLM head then runs on the masked tokens only
+        from .unpad import apply_unpadding
+
+        apply_unpadding(objective.mlm, task="masked-lm", mode="auto", backend=kernels_backend)
+    return objective
 
 
 def _unsup_loss(unsup, task, model, batch, kernels_backend):

@@ -368,3 +368,41 @@ def test_stacks_on_the_attention_patch_and_survives_its_removal():
     batch = _batch([4, 7])
     with torch.no_grad():  # eval: the class's own forward again, exactly
         assert torch.equal(ref.eval()(**batch).logits, model.eval()(**batch).logits)
+
+
+def test_sft_train_unpads_by_default_and_no_unpad_gives_the_same_losses(tiny_bert, tmp_path, capsys):
+    """The recipe applies the patch by default (one line says so) and --no-unpad keeps the padded path;
+    with dropout off the per-step losses agree."""
+    import json
+
+    from conftest import DEMO
+
+    from sft import load_config, train
+
+    def losses(unpad: bool) -> list[float]:
+        cfg = load_config(
+            overrides={
+                "train": str(DEMO / "train.csv"),
+                "model": str(tiny_bert),
+                "output": str(tmp_path / f"unpad-{unpad}"),
+                "max_steps": 8,
+                "batch_size": 16,
+                "lr": 1e-3,
+                "dropout": 0.0,
+                "log_every": 1,
+                "unpad": unpad,
+                "progress": False,
+                "tensorboard": False,
+                "plots": False,
+            }
+        )
+        train(cfg)
+        log = (tmp_path / f"unpad-{unpad}" / "train_log.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, log) if r["event"] == "train"]
+
+    padded = losses(False)
+    assert "unpadding: off" in capsys.readouterr().out
+    unpadded = losses(True)
+    assert "trains on real tokens only" in capsys.readouterr().out
+    assert len(padded) == len(unpadded) == 8
+    assert unpadded == pytest.approx(padded, rel=1e-4)
