@@ -24,9 +24,11 @@ same length here, so this is also bottom-right aligned). ``dropout_p > 0`` drops
 a counter-based RNG (Philox via ``tl.rand``) seeded from torch's default CPU generator: the backward pass
 regenerates the same mask. Dropout is applied whenever ``dropout_p > 0`` — callers pass 0 in eval mode.
 
-Head dims: any ``D <= 256`` works on the Triton path (non-powers of two such as 80/96 pad the head-dim tile to
-the next power of two under masks); 32/64/80/96/128 are tested. dtypes: fp16, bf16, fp32 (fp32 multiplies in
-full IEEE precision; meant for tests).
+Head dims: bf16/fp16 any ``D <= 256`` on the Triton path (non-powers of two such as 80/96 pad the head-dim
+tile to the next power of two under masks); 32/64/80/96/128 are tested. fp32 (full IEEE products, meant for
+tests): ``D <= 128``. The tiles per GPU come from ``kernels.tuning`` (checked by the compile audit,
+``bench.compile``); a variant no tile fits on the GPU (fp32 with ``D > 128``) raises a clear ``ValueError``
+with ``backend="triton"`` and takes the torch path, with a warning, under ``backend="auto"``.
 """
 
 from __future__ import annotations
@@ -173,7 +175,9 @@ def _last_dim_contiguous(t):
 
 
 def _new_seed() -> int:
-    return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+    """A dropout seed in [2**31, 2**62): always an int64 kernel argument (an int32-sized seed would compile a
+    second specialization; the kernels also mark ``seed`` do_not_specialize, so divisibility never does)."""
+    return int(torch.randint(2**31, 2**62, (1,), dtype=torch.int64).item())
 
 
 class _FlashAttnFunction(torch.autograd.Function):
@@ -259,6 +263,41 @@ def _check_heads(q, k, v):
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
+_FALLBACK_WARNED: set = set()
+
+
+def _triton_fits(q, k, v, dropout_p, *, explicit: bool) -> bool:
+    """Whether the Triton kernels have a tile config for this dtype / head dim / dropout on q's GPU
+    (``kernels.tuning``). No: ``backend="triton"`` raises the reason; ``"auto"`` warns once and the caller
+    takes the torch path (e.g. fp32 with head dim 256)."""
+    if not _fwd.use_autotune(q.device):  # interpreter: fixed 16x16 tiles
+        return True
+    from . import tuning
+
+    d = q.shape[-1]
+    tma = _fwd.use_tma(q, k, v)
+    try:
+        tuning.check_supported(
+            device=q.device,
+            dtype=q.dtype,
+            head_dim=d,
+            block_d=max(16, 1 << (d - 1).bit_length()),
+            dropout=dropout_p > 0.0,
+            tma=tma,
+        )
+    except ValueError as exc:
+        if explicit:
+            raise
+        key = (str(q.dtype), d, dropout_p > 0.0, str(q.device))
+        if key not in _FALLBACK_WARNED:
+            _FALLBACK_WARNED.add(key)
+            import warnings
+
+            warnings.warn(f"{exc}; using the torch path", stacklevel=3)
+        return False
+    return True
+
+
 def flash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -309,6 +348,10 @@ def flash_attention(
         return _torch_varlen(q, k, v, cu_seqlens, causal, scale, dropout_p)
     if q.shape[-1] > 256:
         raise ValueError(f"head dim {q.shape[-1]} > 256 is not supported by the Triton kernel")
+    if not _triton_fits(q, k, v, dropout_p, explicit=backend == "triton"):
+        if cu_seqlens is None:
+            return _torch_dense(q, k, v, causal, scale, dropout_p)
+        return _torch_varlen(q, k, v, cu_seqlens, causal, scale, dropout_p)
     return _FlashAttnFunction.apply(q, k, v, cu_seqlens, max_seqlen, bool(causal), scale, float(dropout_p))
 
 
@@ -341,7 +384,9 @@ def flash_attention_padded(
             f"k {tuple(k.shape)}, mask {tuple(attention_mask.shape)}"
         )
     _check_heads(q, k, v)
-    if resolve_backend(backend, q.device) == "torch":
+    if resolve_backend(backend, q.device) == "torch" or not _triton_fits(
+        q, k, v, dropout_p, explicit=backend == "triton"
+    ):
         scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
         if not 0.0 <= dropout_p < 1.0:
             raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import tuning
 from .attention_fwd import (
     _dropout_keep,
     _load_tile,
@@ -28,7 +29,9 @@ from .attention_fwd import (
     ensure_allocator,
     named_lse_strides,
     named_strides,
+    on_device,
     seq_bucket,
+    tile_configs,
     use_autotune,
     use_tma,
 )
@@ -57,7 +60,7 @@ def _attn_bwd_preprocess(
     """delta = rowsum(dO * O) in fp32 for one (query block of ``BLOCK_M`` rows, head, sequence); grid
     ``(cdiv(max_seqlen, BLOCK_M), q heads, sequences)``, one ``BLOCK_M x BLOCK_D`` tile of O and dO each."""
     start_m = tl.program_id(0) * BLOCK_M
-    off_h = tl.program_id(1)
+    off_h = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2)
     seq_start, seqlen = _seq_bounds(CU_SEQLENS, off_b, SEQLEN, VARLEN)
     if start_m >= seqlen:
@@ -65,6 +68,7 @@ def _attn_bwd_preprocess(
     off_b64 = off_b.to(tl.int64)
     start64 = seq_start.to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_m64 = offs_m.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM)
     o = tl.load(
@@ -72,7 +76,7 @@ def _attn_bwd_preprocess(
         + off_b64 * stride_ob
         + start64 * stride_os
         + off_h * stride_oh
-        + offs_m[:, None] * stride_os
+        + offs_m64[:, None] * stride_os
         + offs_d[None, :],
         mask=mask,
         other=0.0,
@@ -82,7 +86,7 @@ def _attn_bwd_preprocess(
         + off_b64 * stride_dob
         + start64 * stride_dos
         + off_h * stride_doh
-        + offs_m[:, None] * stride_dos
+        + offs_m64[:, None] * stride_dos
         + offs_d[None, :],
         mask=mask,
         other=0.0,
@@ -164,7 +168,7 @@ def _attn_bwd_dkdv_inner(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dkdv(
     Q,
     K,
@@ -223,7 +227,7 @@ def _attn_bwd_dkdv(
     masked against the sequence end. dK is scaled by ``sm_scale`` once at the end.
     """
     start_n = tl.program_id(0) * BLOCK_N
-    off_kvh = tl.program_id(1)
+    off_kvh = tl.program_id(1).to(tl.int64)  # 64-bit head offsets (see the forward kernel)
     off_b = tl.program_id(2)
     seq_start, seqlen = _seq_bounds(CU_SEQLENS, off_b, SEQLEN, VARLEN)
     if start_n >= seqlen:
@@ -462,7 +466,7 @@ def _attn_bwd_dq_inner(
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq(
     Q,
     K,
@@ -517,7 +521,7 @@ def _attn_bwd_dq(
     pid_m = tl.program_id(0)
     if CAUSAL:
         pid_m = num_m - 1 - pid_m
-    off_h = tl.program_id(1)
+    off_h = tl.program_id(1).to(tl.int64)  # 64-bit head offsets (see the forward kernel)
     off_b = tl.program_id(2)
     seq_start, seqlen = _seq_bounds(CU_SEQLENS, off_b, SEQLEN, VARLEN)
     start_m = pid_m * BLOCK_M
@@ -660,39 +664,14 @@ def _attn_bwd_dq(
 # Under the interpreter / off-GPU (tests): small tiles, no autotuning. Tests may override the sizes.
 INTERPRET_BWD_CONFIG = {"DKDV_BLOCK_M": 16, "DKDV_BLOCK_N": 16, "DQ_BLOCK_M": 16, "DQ_BLOCK_N": 16}
 
-
-def _cfgs(table):
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in table
-    ]
-
-
-# dK/dV: BLOCK_N = key rows held in registers (K, V and fp32 dK, dV accumulators), BLOCK_M = query rows
-# streamed. At d=128 on sm_90 (ptxas, TMA path) 32x64/w8, 16x128/w8 and 16x64/w4 compile without spills;
-# 32x128 and 64x64 spill a few dozen bytes; 32x128/w4 and 64x128/w8 fit only at smaller head dims.
-_DKDV_TABLE = [
-    (32, 64, 8, 3),
-    (16, 128, 8, 3),
-    (32, 128, 8, 2),
-    (32, 128, 8, 3),
-    (64, 64, 8, 3),
-    (16, 64, 4, 3),
-    (32, 128, 4, 3),
-    (64, 128, 8, 3),
-]
-# dQ: BLOCK_M = query rows held in registers, BLOCK_N = key rows streamed.
-_DQ_TABLE = [
-    (128, 32, 4, 3),
-    (128, 64, 8, 3),
-    (128, 64, 8, 2),
-    (64, 64, 4, 3),
-    (64, 32, 4, 4),
-    (128, 32, 8, 4),
-]
-
-_TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "DROPOUT"]
-_attn_bwd_dkdv_tuned = triton.autotune(configs=_cfgs(_DKDV_TABLE), key=_TUNE_KEY)(_attn_bwd_dkdv)
-_attn_bwd_dq_tuned = triton.autotune(configs=_cfgs(_DQ_TABLE), key=_TUNE_KEY)(_attn_bwd_dq)
+# Tile lists per GPU / dtype / head dim / dropout: kernels.tuning (checked by the compile audit).
+_TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "DROPOUT", "USE_TMA"]
+_attn_bwd_dkdv_tuned = triton.autotune(
+    configs=tile_configs("dkdv"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": tuning.prune("dkdv")}
+)(_attn_bwd_dkdv)
+_attn_bwd_dq_tuned = triton.autotune(
+    configs=tile_configs("dq"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": tuning.prune("dq")}
+)(_attn_bwd_dq)
 
 
 def attn_bwd(
@@ -719,7 +698,6 @@ def attn_bwd(
     varlen = cu_seqlens is not None
     hq, d = q.shape[-2], q.shape[-1]
     hkv = k.shape[-2]
-    group = hq // hkv
     block_d = max(16, triton.next_power_of_2(d))
     cu = cu_seqlens if varlen else q
     assert delta.stride() == lse.stride()
@@ -733,58 +711,68 @@ def attn_bwd(
         DOT_PREC=dot_precision(q.dtype),
         USE_TMA=tma,
     )
+    if use_autotune(q.device):
+        tuning.check_supported(
+            device=q.device, dtype=q.dtype, head_dim=d, block_d=block_d, dropout=dropout_p > 0.0, tma=tma
+        )
     if tma:
         ensure_allocator(q.device)
-    pre_bm = 64 if use_autotune(q.device) else 16
-    _attn_bwd_preprocess[(triton.cdiv(max_seqlen, pre_bm), hq, nbatch)](
-        Out=out,
-        DO=do,
-        DELTA=delta,
-        CU_SEQLENS=cu,
-        **named_strides("o", out, varlen),
-        **named_strides("do", do, varlen),
-        **named_lse_strides(lse, varlen),
-        SEQLEN=seqlen,
-        HEAD_DIM=d,
-        BLOCK_D=block_d,
-        VARLEN=varlen,
-        BLOCK_M=pre_bm,
-    )
-    shared = dict(
-        Q=q,
-        K=k,
-        V=v,
-        DO=do,
-        LSE=lse,
-        DELTA=delta,
-        CU_SEQLENS=cu,
-        sm_scale=sm_scale,
-        seed=seed,
-        dropout_p=dropout_p,
-        **named_strides("q", q, varlen),
-        **named_strides("k", k, varlen),
-        **named_strides("v", v, varlen),
-        **named_strides("do", do, varlen),
-        **named_lse_strides(lse, varlen),
-        SEQLEN=seqlen,
-        NUM_HEADS=hq,
-        GROUP=group,
-        MAXS=max_seqlen,
-        SEQ_BUCKET=seq_bucket(max_seqlen),
-        **meta,
-    )
-    dkdv_args = dict(
-        shared, DK=dk, DV=dv, **named_strides("dk", dk, varlen), **named_strides("dv", dv, varlen)
-    )
-    dq_args = dict(shared, DQ=dq, **named_strides("dq", dq, varlen))
-    if use_autotune(q.device):
-        _attn_bwd_dkdv_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_N"]), hkv, nbatch)](**dkdv_args)
-        _attn_bwd_dq_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_M"]), hq, nbatch)](**dq_args)
-    else:
-        c = INTERPRET_BWD_CONFIG
-        _attn_bwd_dkdv[(triton.cdiv(max_seqlen, c["DKDV_BLOCK_N"]), hkv, nbatch)](
-            **dkdv_args, BLOCK_M=c["DKDV_BLOCK_M"], BLOCK_N=c["DKDV_BLOCK_N"]
+    with on_device(q.device):
+        pre_bm = 64 if use_autotune(q.device) else 16
+        _attn_bwd_preprocess[(triton.cdiv(max_seqlen, pre_bm), hq, nbatch)](
+            Out=out,
+            DO=do,
+            DELTA=delta,
+            CU_SEQLENS=cu,
+            **named_strides("o", out, varlen),
+            **named_strides("do", do, varlen),
+            **named_lse_strides(lse, varlen),
+            SEQLEN=seqlen,
+            HEAD_DIM=d,
+            BLOCK_D=block_d,
+            VARLEN=varlen,
+            BLOCK_M=pre_bm,
         )
-        _attn_bwd_dq[(triton.cdiv(max_seqlen, c["DQ_BLOCK_M"]), hq, nbatch)](
-            **dq_args, BLOCK_M=c["DQ_BLOCK_M"], BLOCK_N=c["DQ_BLOCK_N"]
+        shared = dict(
+            Q=q,
+            K=k,
+            V=v,
+            DO=do,
+            LSE=lse,
+            DELTA=delta,
+            CU_SEQLENS=cu,
+            sm_scale=sm_scale,
+            seed=seed,
+            dropout_p=dropout_p,
+            **named_strides("q", q, varlen),
+            **named_strides("k", k, varlen),
+            **named_strides("v", v, varlen),
+            **named_strides("do", do, varlen),
+            **named_lse_strides(lse, varlen),
+            SEQLEN=seqlen,
+            NUM_HEADS=hq,
+            GROUP=hq // hkv,
+            MAXS=max_seqlen,
+            SEQ_BUCKET=seq_bucket(max_seqlen),
+            **meta,
         )
+        dkdv_args = dict(
+            shared,
+            DK=dk,
+            DV=dv,
+            **named_strides("dk", dk, varlen),
+            **named_strides("dv", dv, varlen),
+            USE_TMA=tuning.kernel_uses_tma("dkdv", block_d, tma),
+        )
+        dq_args = dict(shared, DQ=dq, **named_strides("dq", dq, varlen))
+        if use_autotune(q.device):
+            _attn_bwd_dkdv_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_N"]), hkv, nbatch)](**dkdv_args)
+            _attn_bwd_dq_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_M"]), hq, nbatch)](**dq_args)
+        else:
+            c = INTERPRET_BWD_CONFIG
+            _attn_bwd_dkdv[(triton.cdiv(max_seqlen, c["DKDV_BLOCK_N"]), hkv, nbatch)](
+                **dkdv_args, BLOCK_M=c["DKDV_BLOCK_M"], BLOCK_N=c["DKDV_BLOCK_N"]
+            )
+            _attn_bwd_dq[(triton.cdiv(max_seqlen, c["DQ_BLOCK_M"]), hq, nbatch)](
+                **dq_args, BLOCK_M=c["DQ_BLOCK_M"], BLOCK_N=c["DQ_BLOCK_N"]
+            )

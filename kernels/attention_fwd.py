@@ -28,6 +28,8 @@ import os
 import triton
 import triton.language as tl
 
+from . import tuning
+
 LOG2E = 1.4426950408889634
 
 
@@ -93,7 +95,8 @@ def _load_tile(
         return src.load([start, 0])
     else:
         offs_r = start + tl.arange(0, BLOCK_R)
-        ptrs = src + offs_r[:, None] * stride_s + offs_d[None, :]
+        # 64-bit row offsets: row * stride_s passes 2**31 once one sequence's slice does
+        ptrs = src + offs_r.to(tl.int64)[:, None] * stride_s + offs_d[None, :]
         if MASK_ROWS:
             return tl.load(ptrs, mask=(offs_r[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         elif HEAD_DIM == BLOCK_D:
@@ -120,7 +123,7 @@ def _store_tile(
     else:
         offs_r = start + tl.arange(0, BLOCK_R)
         tl.store(
-            dst + offs_r[:, None] * stride_s + offs_d[None, :],
+            dst + offs_r.to(tl.int64)[:, None] * stride_s + offs_d[None, :],
             value,
             mask=(offs_r[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM),
         )
@@ -186,7 +189,7 @@ def _attn_fwd_inner(
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_fwd_kernel(
     Q,
     K,
@@ -247,16 +250,18 @@ def _attn_fwd_kernel(
     start_m = pid_m * BLOCK_M
     if start_m >= seqlen:
         return
-    off_kvh = off_h // GROUP
+    # 64-bit base offsets: batch, sequence start and head strides can each pass 2**31 elements
+    off_kvh = (off_h // GROUP).to(tl.int64)
     off_b64 = off_b.to(tl.int64)
     start64 = seq_start.to(tl.int64)
+    off_h64 = off_h.to(tl.int64)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < seqlen
 
     q_src = _make_src(
-        Q + off_b64 * stride_qb + start64 * stride_qs + off_h * stride_qh,
+        Q + off_b64 * stride_qb + start64 * stride_qs + off_h64 * stride_qh,
         seqlen,
         stride_qs,
         HEAD_DIM,
@@ -360,9 +365,9 @@ def _attn_fwd_kernel(
         inv_l = inv_l / (1.0 - dropout_p)
     out = acc * inv_l[:, None]
     lse2 = m_i + tl.math.log2(l_i)
-    tl.store(LSE + off_b64 * stride_lb + off_h * stride_lh + start64 + offs_m, lse2, mask=m_ok)
+    tl.store(LSE + off_b64 * stride_lb + off_h64 * stride_lh + start64 + offs_m, lse2, mask=m_ok)
     o_dst = _make_src(
-        Out + off_b64 * stride_ob + start64 * stride_os + off_h * stride_oh,
+        Out + off_b64 * stride_ob + start64 * stride_os + off_h64 * stride_oh,
         seqlen,
         stride_os,
         HEAD_DIM,
@@ -375,7 +380,7 @@ def _attn_fwd_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _dropout_mask_kernel(
     OUT,
     CU_SEQLENS,
@@ -414,40 +419,19 @@ def _dropout_mask_kernel(
 INTERPRET_FWD_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
-def _fwd_configs():
-    cfgs = []
-    for bm, bn, w, s in [
-        (128, 64, 8, 3),
-        (128, 64, 4, 3),
-        (128, 128, 8, 3),
-        (128, 128, 8, 2),
-        (128, 32, 4, 4),
-        (64, 64, 4, 3),
-        (64, 32, 4, 4),
-    ]:
-        cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s))
-    return cfgs
-
-
-def _prune_fwd(configs, named_args, **kwargs):
-    # Large head dims with 128x128 tiles spill registers; keep them for d <= 64 only.
-    d = named_args.get("HEAD_DIM", kwargs.get("HEAD_DIM", 128))
-    bucket = named_args.get("SEQ_BUCKET", kwargs.get("SEQ_BUCKET", 16384))
-    out = []
-    for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if d > 128 and bm * bn > 128 * 64:
-            continue
-        if bucket <= 256 and bm > 64:
-            continue
-        out.append(c)
-    return out or configs[:1]
+def tile_configs(kernel: str) -> list:
+    """Every tile config ``kernel`` ("fwd" | "dkdv" | "dq") may autotune over; ``kernels.tuning.prune`` keeps
+    the ones the launch's GPU, dtype, head dim and dropout allow."""
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in tuning.all_tiles(kernel)
+    ]
 
 
 _attn_fwd_tuned = triton.autotune(
-    configs=_fwd_configs(),
-    key=["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "DROPOUT"],
-    prune_configs_by={"early_config_prune": _prune_fwd},
+    configs=tile_configs("fwd"),
+    key=["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "DROPOUT", "USE_TMA"],
+    prune_configs_by={"early_config_prune": tuning.prune("fwd")},
 )(_attn_fwd_kernel)
 
 
@@ -464,7 +448,9 @@ def dot_precision(dtype) -> str:
 
 
 def use_autotune(device) -> bool:
-    return device.type == "cuda" and not interpreting()
+    """Compiled, autotuned kernels (on a GPU, or for the compile audit's ``tuning.TARGET``); else the
+    interpreter with the fixed small tiles."""
+    return tuning.TARGET is not None or (device.type == "cuda" and not interpreting())
 
 
 # None = automatic (TMA descriptors on Hopper+ GPUs and under the interpreter, when strides allow); tests set
@@ -474,14 +460,16 @@ FORCE_TMA = None
 
 def use_tma(*tensors) -> bool:
     """Whether the kernels may read/write these tensors through TMA tensor descriptors: device-side
-    descriptors need a contiguous last dim, 16-byte aligned base and 16-byte multiple strides, and sm_90+."""
+    descriptors need a contiguous last dim, 16-byte aligned base and 16-byte multiple strides, sm_90+, and
+    16-bit inputs on a GPU (fp32 runs the pointer path; the interpreter runs TMA for every dtype)."""
     if FORCE_TMA is not None:
         return bool(FORCE_TMA)
     import torch
 
     t0 = tensors[0]
-    if t0.device.type == "cuda" and not interpreting():
-        if torch.cuda.get_device_capability(t0.device)[0] < 9:
+    if use_autotune(t0.device):
+        # fp32: the IEEE fp32 dot products get no tensor cores, and on the TMA path they spill heavily
+        if tuning.target_of(t0.device).capability < 90 or t0.dtype == torch.float32:
             return False
     elif not interpreting():
         return False
@@ -499,7 +487,9 @@ def use_tma(*tensors) -> bool:
 
 def ensure_allocator(device) -> None:
     """Device-side TMA descriptors need a global-memory scratch allocator (set per thread: autograd's
-    backward runs in its own thread). Installs a torch allocator unless one is already set."""
+    backward runs in its own thread). Installs a torch allocator unless one is already set. The allocator
+    allocates on the *current* CUDA device at launch time (the launches run under ``torch.cuda.device`` of
+    their tensors), so one process driving several GPUs gets each kernel's scratch on its own GPU."""
     if device.type != "cuda" or interpreting():
         return
     import torch
@@ -513,9 +503,18 @@ def ensure_allocator(device) -> None:
         pass
 
     def alloc(size: int, alignment: int, stream):
-        return torch.empty(size, dtype=torch.int8, device=device)
+        return torch.empty(size, dtype=torch.int8, device=torch.device("cuda", torch.cuda.current_device()))
 
     triton.set_allocator(alloc)
+
+
+def on_device(device):
+    """``torch.cuda.device(device)`` for CUDA tensors (kernels launch on the current device), else a no-op."""
+    import contextlib
+
+    import torch
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def attn_fwd(q, k, v, out, lse, cu_seqlens, seqlen, nbatch, max_seqlen, causal, sm_scale, dropout_p, seed):
@@ -529,6 +528,10 @@ def attn_fwd(q, k, v, out, lse, cu_seqlens, seqlen, nbatch, max_seqlen, causal, 
     hkv = k.shape[-2]
     block_d = max(16, triton.next_power_of_2(d))
     tma = use_tma(q, k, v, out)
+    if use_autotune(q.device):
+        tuning.check_supported(
+            device=q.device, dtype=q.dtype, head_dim=d, block_d=block_d, dropout=dropout_p > 0.0, tma=tma
+        )
     args = dict(
         Q=q,
         K=k,
@@ -559,13 +562,14 @@ def attn_fwd(q, k, v, out, lse, cu_seqlens, seqlen, nbatch, max_seqlen, causal, 
     )
     if tma:
         ensure_allocator(q.device)
-    if use_autotune(q.device):
-        grid = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_M"]), hq, nbatch)  # noqa: E731
-        _attn_fwd_tuned[grid](**args)
-    else:
-        cfg = INTERPRET_FWD_CONFIG
-        grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), hq, nbatch)
-        _attn_fwd_kernel[grid](**args, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
+    with on_device(q.device):
+        if use_autotune(q.device):
+            grid = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_M"]), hq, nbatch)  # noqa: E731
+            _attn_fwd_tuned[grid](**args)
+        else:
+            cfg = INTERPRET_FWD_CONFIG
+            grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), hq, nbatch)
+            _attn_fwd_kernel[grid](**args, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
 
 
 def named_strides(prefix: str, t, varlen: bool) -> dict:
