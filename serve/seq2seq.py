@@ -281,3 +281,16 @@ def _reorder(past: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.nda
     """The decoder's self-attention cache follows the chosen beams; the encoder's is the same for every
     beam of a batch item and stays."""
     return {k: (v[index] if ".decoder." in k else v) for k, v in past.items()}
+
+
+def generate_lines(
+    generator: Seq2SeqGenerator,
+    lines: Sequence[str],
+    params: Seq2SeqParams | None = None,
+    batch_size: int = 16,
+):
+    """sft-predict's shape: one output text per input line, in order (newlines inside an output become
+    spaces, so line i of the output answers line i of the input)."""
+    for first in range(0, len(lines), batch_size):
+        for result in generator.generate(list(lines[first : first + batch_size]), params):
+            yield " ".join(result["generated_text"].splitlines())
