@@ -70,17 +70,29 @@ def export_quality_png(record: dict[str, Any], path: Path) -> Path:
 
 
 def trainer_compare_png(record: dict[str, Any], path: Path) -> Path:
-    """The eval metric and training time of each arm."""
+    """The eval metric and training time of each arm; with the speed columns (records from the per-arm
+    process harness) also train samples/s, peak RSS and each workload's padding fraction."""
     rows = record["table"]
-    metric = next(k for k in rows[0] if k not in ("arm", "eval_loss", "train_s"))
-    fig, (ax_metric, ax_time) = pyplot().subplots(1, 2, figsize=(10, 3))
+    metric = "accuracy" if "accuracy" in rows[0] else "f1"
     arms = [r["arm"] for r in rows]
+    speed = rows[0].get("samples_per_s") is not None
+    fig, axes = pyplot().subplots(1, 4 if speed else 2, figsize=(16 if speed else 10, 3))
     values = [100 * r[metric] for r in rows]
-    ax_metric.barh(arms, values)
-    ax_metric.set_xlim(min(values) - 2, max(values) + 1)
-    ax_metric.set_title(f"eval {metric} (%)")
-    ax_time.barh(arms, [r["train_s"] for r in rows])
-    ax_time.set_title("training time (s)")
+    axes[0].barh(arms, values)
+    axes[0].set_xlim(min(values) - 2, max(values) + 1)
+    axes[0].set_title(f"eval {metric} (%)")
+    axes[1].barh(arms, [r["train_s"] for r in rows])
+    axes[1].set_title("training time (s)")
+    if speed:
+        axes[2].barh(arms, [r["samples_per_s"] for r in rows])
+        for i, r in enumerate(rows):
+            if r.get("speed_vs_trainer"):
+                axes[2].text(r["samples_per_s"], i, f" {r['speed_vs_trainer']:.2f}x", va="center", fontsize=8)
+        axes[2].set_title("train samples / s (x the Trainer)")
+        axes[3].barh(arms, [r["peak_rss_mb"] for r in rows])
+        axes[3].set_title("peak RSS (MB)")
+        padding = ", ".join(f"{r['arm']} {100 * r['padding_fraction']:.0f}%" for r in rows)
+        fig.suptitle(f"padding in the batches: {padding}", fontsize=9)
     return save_png(fig, path)
 
 

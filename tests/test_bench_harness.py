@@ -98,14 +98,14 @@ def test_runtime_benchmark(tiny_bundle, tiny_checkpoint, tmp_path):
 
 def test_trainer_compare_same_batches_same_result(tiny_bert, tmp_path):
     """Fed sft-train's batches, with no dropout and no warmup, the Trainer ends where sft-train does; left to
-    shuffle on its own it does not (so the comparison's agreement comes from the loop, not by
-    construction)."""
+    shuffle on its own (--defaults) it does not (so the comparison's agreement comes from the loop, not by
+    construction). Each arm runs in its own process and reports its own speed, tokens and peak RSS."""
     from conftest import DEMO
 
     from bench.trainer_compare import main
 
-    def run(order: str) -> dict:
-        out = tmp_path / order
+    def run(*extra: str) -> dict:
+        out = tmp_path / extra[0].strip("-")
         main(
             [
                 "--train",
@@ -126,20 +126,36 @@ def test_trainer_compare_same_batches_same_result(tiny_bert, tmp_path):
                 "0",
                 "--warmup-ratio",
                 "0",
-                "--trainer-order",
-                order,
                 "--out",
                 str(out),
+                *extra,
             ]
         )
-        results = json.loads((out / "trainer_compare_sequence-classification.json").read_text())["results"]
-        return {arm: r["metrics"]["loss"] for arm, r in results.items()}
+        return json.loads((out / "trainer_compare_sequence-classification.json").read_text())
 
-    same = run("sft")
+    same = {arm: r["metrics"]["loss"] for arm, r in run("--trainer-order", "sft")["results"].items()}
     assert abs(same["ours"] - same["trainer"]) < 1e-5, same  # measured: 2e-8
-    own = run("own")
+    record = run("--defaults", "--arms", "ours,ours-padded,trainer")
+    own = {arm: r["metrics"]["loss"] for arm, r in record["results"].items()}
     assert own["ours"] == same["ours"]
     assert abs(own["ours"] - own["trainer"]) > 1e-3, own  # measured: 0.02
+    assert abs(own["ours"] - own["ours-padded"]) < 1e-4, own  # unpadding changes the speed, not the model
+    ours, padded, trainer = (record["results"][arm] for arm in ("ours", "ours-padded", "trainer"))
+    # every arm trains on all rows for 3 epochs; ours and ours-padded on the very same batches
+    assert (
+        ours["train_samples"]
+        == trainer["train_samples"]
+        == 3 * (len((DEMO / "train.csv").read_text().splitlines()) - 1)
+    )
+    assert ours["real_tokens"] == padded["real_tokens"] == trainer["real_tokens"]
+    assert ours["padded_positions"] == padded["padded_positions"] > ours["real_tokens"]
+    for r in (ours, padded, trainer):
+        assert 0 < r["padding_fraction"] < 1 and 100 < r["peak_rss_mb"] < 8000, r
+        assert r["process_seconds"] > r["wall_seconds"] > r["train_seconds"] > 0, r
+    rows = {r["arm"]: r for r in record["table"]}
+    assert rows["trainer"]["speed_vs_trainer"] == 1.0 and rows["ours"]["speed_vs_trainer"] > 0
+    assert len(record["loadavg_before"]) == 3
+    assert (tmp_path / "defaults" / "trainer_compare_sequence-classification.png").is_file()
 
 
 def test_committed_results_redraw_as_png(tmp_path):
