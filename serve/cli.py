@@ -30,20 +30,22 @@ def predict_command(
     bundle: Path = typer.Argument(
         ..., help="Bundle directory written by sft-export --onnx.", envvar="SFT_PREDICT_BUNDLE"
     ),
-    input: Path = typer.Option(
+    input: str = typer.Option(
         ...,
         "--input",
         "-i",
         envvar="SFT_PREDICT_INPUT",
-        help="Texts: .txt (one per line), .csv/.tsv or .jsonl; any size (streamed).",
+        help="Texts: .txt (one per line), .csv/.tsv or .jsonl; any size (streamed). "
+        "--engine ray: also .parquet, a folder, a glob or a URI (s3://...).",
     ),
-    output: Path = typer.Option(
+    output: str = typer.Option(
         ...,
         "--output",
         "-o",
         envvar="SFT_PREDICT_OUTPUT",
         help="JSONL, one line per input in input order: {index, label, score} "
-        "(classification), {index, entities} or {index, generated_text}.",
+        "(classification), {index, entities} or {index, generated_text}. "
+        "--engine ray: a folder of shards, each row with its row_id (FILE:LINE).",
     ),
     batch_size: int = typer.Option(32, envvar="SFT_PREDICT_BATCH_SIZE", help="Texts per onnxruntime call."),
     text_column: str | None = typer.Option(
@@ -75,12 +77,62 @@ def predict_command(
         help="Tokens to generate per prompt (text-generation bundles).",
     ),
     threads: int | None = typer.Option(
-        None, envvar="SFT_PREDICT_THREADS", help="onnxruntime intra-op threads [default: usable cores]."
+        None,
+        envvar="SFT_PREDICT_THREADS",
+        help="onnxruntime intra-op threads [default: usable cores; --engine ray: 1 per actor].",
     ),
     device: str = typer.Option(
         "auto", envvar="SFT_PREDICT_DEVICE", help="auto (CUDA if available), cpu, cuda."
     ),
+    engine: str = typer.Option(
+        "local", envvar="SFT_PREDICT_ENGINE", help="local (this process) or ray (Ray Data; pip extra [ray])."
+    ),
+    address: str | None = typer.Option(
+        None,
+        envvar="SFT_PREDICT_ADDRESS",
+        help="--engine ray: the cluster to join (host:port, ray://host:10001) [default: a local one].",
+    ),
+    actors: int = typer.Option(
+        1, envvar="SFT_PREDICT_ACTORS", help="--engine ray: actors, each with one onnxruntime session."
+    ),
+    output_format: str = typer.Option(
+        "parquet", envvar="SFT_PREDICT_OUTPUT_FORMAT", help="--engine ray: parquet or jsonl shards."
+    ),
+    on_error: str = typer.Option(
+        "fail",
+        envvar="SFT_PREDICT_ON_ERROR",
+        help="--engine ray: fail (stop at a bad row, naming its file and line) or column (an error column).",
+    ),
+    keep_column: list[str] = typer.Option(
+        [], "--keep-column", help="--engine ray: an input column to copy to the output (repeatable)."
+    ),
 ) -> None:
+    if engine == "ray":
+        try:
+            from .ray_data import predict_command as predict_on_ray
+        except ImportError as e:
+            raise ServeError(f"--engine ray needs Ray Data: pip install 'sft-toolchain[ray]' ({e})") from None
+        _positive(batch_size=batch_size, max_new_tokens=max_new_tokens, threads=threads, actors=actors)
+        return predict_on_ray(
+            bundle,
+            input,
+            output,
+            resume=resume,
+            progress=progress,
+            threads=threads,
+            address=address,
+            actors=actors,
+            batch_size=batch_size,
+            text_column=text_column,
+            pair_column=text_pair_column,
+            keep_columns=tuple(keep_column),
+            output_format=output_format,
+            on_error=on_error,
+            max_new_tokens=max_new_tokens,
+            device=device,
+        )
+    if engine != "local":
+        raise ServeError(f"--engine must be local or ray, got {engine!r}")
     from .predict import predict_file
     from .runtime import load_model
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DEMO, ROOT
+from conftest import DEMO, ROOT, assert_clean_error, run_cli
 
 pytest_plugins = ["serve_fixtures"]
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install sft-toolchain[ray])")
@@ -186,3 +186,57 @@ def test_option_and_input_errors_are_one_line(local_ray, cls_bundle, tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     with pytest.raises(ServeError, match=r"not empty and was not written by sft-predict"):
         predict_with_ray(cls_bundle, str(DEMO / "predict.txt"), tmp_path / "taken")
+
+
+@pytest.fixture
+def cli_client(monkeypatch):
+    """sft-predict joins the module's Ray instance, which has token authentication on (Ray's default)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+
+
+def test_cli_engine_ray_joins_a_cluster_and_reports_rows_per_second(
+    local_ray, cli_client, cls_bundle, tmp_path
+):
+    src = tmp_path / "texts.jsonl"
+    write_jsonl(src, [{"id": i, "text": t} for i, t in enumerate(texts(50, seed=3))])
+    out = tmp_path / "out"
+    proc = run_cli(
+        "sft-predict",
+        str(cls_bundle),
+        "-i",
+        str(src),
+        "-o",
+        str(out),
+        "--engine",
+        "ray",
+        "--address",
+        local_ray,
+        "--output-format",
+        "jsonl",
+        "--keep-column",
+        "id",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote 50 predictions to {out}" in proc.stdout and "rows/s on 1 actor(s)" in proc.stdout
+    got = read_output(out, "jsonl")
+    assert [r["id"] for r in got] == list(range(50))
+    assert [r["label"] for r in got] == [r["label"] for r in sft_predict(cls_bundle, src, tmp_path)]
+
+
+def test_cli_bad_row_is_one_clean_line(local_ray, cli_client, cls_bundle, tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"text": "my parcel"}\n{"text": "refund"}\n{"text": 3}\n')
+    proc = run_cli(
+        "sft-predict",
+        str(cls_bundle),
+        "-i",
+        str(src),
+        "-o",
+        str(tmp_path / "out"),
+        "--engine",
+        "ray",
+        "--address",
+        local_ray,
+    )
+    assert_clean_error(proc, f"{src} line 3: missing text in field 'text'")
+    assert not (tmp_path / "out").exists()
