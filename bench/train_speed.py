@@ -33,18 +33,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 # The arms, in run order: name -> what it trains with. A new arm goes here (and in CUDA_ONLY /
-# DECODER_ONLY when it needs them); run_arm sets up its model and step, and the harness, table, JSON,
-# plot and `sft-bench gpu-suite` pick it up by name.
+# DECODER_ONLY / ENCODER_ONLY when it needs them); run_arm sets up its model and step, and the harness,
+# table, JSON, plot and `sft-bench gpu-suite` pick it up by name.
 ARMS = {
     "trainer": "transformers.Trainer, SDPA attention, padded batches",
     "trainer-liger": "the same + Liger-Kernel's patch for the model family (needs liger-kernel)",
     "ours-torch": "our step: our loss path (torch reference), SDPA attention, padded batches",
+    "ours-unpad": "ours-torch, encoder padding-free as sft-train trains it (sft.unpad; encoder only)",
     "ours-triton": "our step: Triton cross-entropy / fused linear CE + Triton flash attention (unpadded)",
     "ours-packed": "ours-triton with packed rows (decoder only)",
     "ours-compile": "ours-torch under torch.compile",
 }
 CUDA_ONLY = {"ours-triton", "ours-packed"}
 DECODER_ONLY = {"ours-packed"}
+ENCODER_ONLY = {"ours-unpad"}
 
 
 LENGTH_DATA = {"encoder": SHARED / "sst2" / "train.tsv", "decoder": SHARED / "alpaca" / "alpaca_data.json"}
@@ -169,6 +171,10 @@ def run_arm(arm: str, workload: str, steps: int, warmup: int, smoke: bool, seed:
         from sft.patch_attention import patch_model
 
         patch_model(model, backend="triton")
+    if arm == "ours-unpad":  # varlen attention: the Triton kernel on CUDA, torch length buckets on CPU
+        from sft.unpad import apply_unpadding
+
+        apply_unpadding(model, task="sequence-classification", mode="auto", backend="auto")
     model.to(device)
     step_model = model
     if arm == "ours-compile":  # the decoder loss calls the body directly, so compile that part
@@ -392,7 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for workload in workloads:
         for arm in arms:
-            if arm in DECODER_ONLY and workload == "encoder":
+            if (arm in DECODER_ONLY and workload == "encoder") or (
+                arm in ENCODER_ONLY and workload == "decoder"
+            ):
                 continue
             if arm in CUDA_ONLY and not torch.cuda.is_available():
                 rows.append({"workload": workload, "arm": arm, "status": "skipped: needs CUDA"})
