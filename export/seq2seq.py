@@ -155,6 +155,7 @@ def seq2seq_manifest(directory: Path, checkpoint: Checkpoint, max_length: int) -
         "text_column": train_setting(checkpoint, "source_column"),
         "text_pair_column": None,
         "source_prefix": train_setting(checkpoint, "source_prefix") or "",
+        "inference_api_key": inference_api_key(checkpoint),
         "opset": next(
             (o.version for o in graphs["encoder"].opset_import if o.domain in ("", "ai.onnx")), None
         ),
@@ -183,6 +184,20 @@ def seq2seq_manifest(directory: Path, checkpoint: Checkpoint, max_length: int) -
             "merged": True,
         }
     return manifest
+
+
+def inference_api_key(checkpoint: Checkpoint) -> str:
+    """The key of the Inference API's answer on `POST /`: translation_text for a model trained on parallel
+    files or with a "translate" prefix, summary_text for a "summarize" prefix, else generated_text
+    (text2text-generation's shape)."""
+    prefix = (train_setting(checkpoint, "source_prefix") or "").lower()
+    train = str(train_setting(checkpoint, "train") or "")
+    if "summar" in prefix:
+        return "summary_text"
+    parts = train.split(":")
+    tables = ("", ".csv", ".tsv", ".jsonl", ".json", ".parquet")  # "" : a hub dataset NAME:SPLIT
+    parallel = len(parts) == 2 and all(Path(p).suffix.lower() not in tables for p in parts)
+    return "translation_text" if "translat" in prefix or parallel else "generated_text"
 
 
 def build_seq2seq(

@@ -161,6 +161,7 @@ def test_train_export_serve_with_a_source_prefix(tmp_path):
     export_onnx(tmp_path / "out", tmp_path / "bundle")
     generator = Seq2SeqGenerator(tmp_path / "bundle")
     assert generator.prefix == prefix
+    assert generator.manifest["inference_api_key"] == "translation_text"  # a "translate" prefix
     lines = [s for s, _ in copy_pairs(5, 9)]
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
     model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").eval()
