@@ -31,6 +31,9 @@ HEADLINE = (
     "precision",
     "recall",
     "perplexity",
+    "bleu",
+    "chrf",
+    "rougeL",
     "rmse",
     "mae",
 )

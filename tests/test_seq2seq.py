@@ -253,6 +253,8 @@ def test_a_few_steps_of_sft_train_reduce_the_loss(kind, tmp_path):
     for name in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "loss"):
         assert name in result.metrics
     assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").config.model_type == kind
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "pipeline_tag: text2text-generation" in card and "bleu" in card
 
 
 @pytest.mark.parametrize(
