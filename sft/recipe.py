@@ -38,6 +38,12 @@ from .progress import ProgressBar, RunLog, TrainingProgress
 from .strategies import GradualUnfreezer, apply_freeze, apply_lora, describe_param_groups, param_groups
 from .tasks import Task, make_task, resolve_class_weights, steps_per_epoch
 
+# Tasks the packaged MiniLM (the default --model) cannot serve, and what they need instead.
+NEEDS_MODEL = {
+    "causal-lm": "a decoder checkpoint: Llama, Qwen2, Mistral, ...",
+    "seq2seq": "an encoder-decoder checkpoint: T5, mT5, BART, Marian, Pegasus, ...",
+    "image-classification": "a vision checkpoint with its image processor: ViT, ConvNeXt, ResNet, ...",
+}
 # Tasks whose encoders train on real tokens only (sft/unpad.py); the rest keep padded batches.
 UNPADDED_TASKS = ("sequence-classification", "token-classification")
 
@@ -150,9 +156,9 @@ def load_task_and_model(cfg: TrainConfig):
     """The task with its data read and checked, then the tokenizer and model, then the tokenized rows."""
     task = make_task(cfg)
     task.load()
-    model_path = cfg.model or (default_model_path() if cfg.task != "causal-lm" else None)
+    model_path = cfg.model or (default_model_path() if cfg.task not in NEEDS_MODEL else None)
     if model_path is None:
-        raise InputError("--task causal-lm needs --model (a decoder checkpoint: Llama, Qwen2, Mistral, ...)")
+        raise InputError(f"--task {cfg.task} needs --model ({NEEDS_MODEL[cfg.task]})")
     tokenizer, model = load_model(model_path, task)
     train_rows, eval_rows = task.encode(tokenizer)
     if not train_rows:
