@@ -56,6 +56,9 @@ def export_command(
     label_column: str | None = typer.Option(
         None, help="Label column of --eval-file [default: the training one]."
     ),
+    image_column: str | None = typer.Option(
+        None, help="Image column of a CSV/JSONL --eval-file (image models) [default: the training one]."
+    ),
     max_accuracy_drop: float = typer.Option(
         1.0, help="Fail when int8 loses more than this many points on --eval-file."
     ),
@@ -80,6 +83,7 @@ def export_command(
         eval_file=eval_file,
         text_column=text_column,
         label_column=label_column,
+        image_column=image_column,
         max_accuracy_drop=max_accuracy_drop,
         triton_repo=triton_repo,
         keep_fp32=keep_fp32,
@@ -90,7 +94,8 @@ def export_command(
 
 def print_report(report, atol: float) -> None:
     manifest = report.manifest
-    typer.echo(f"validation against PyTorch on {report.num_samples} texts (atol {atol:g}):")
+    inputs = "images" if manifest.get("task") == "image-classification" else "texts"
+    typer.echo(f"validation against PyTorch on {report.num_samples} {inputs} (atol {atol:g}):")
     rows = [
         (name, d["max_abs_diff"], d["max_rel_diff"]) for name, d in manifest["validation"]["outputs"].items()
     ]

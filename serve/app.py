@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from .batcher import Batcher
+from .bundle import IMAGE_TASK, QA_TASK
 from .encoding import InputTooLong, TokenizerFailed
 from .metrics import ServeMetrics
 from .oip import OipRoutes
@@ -57,8 +58,11 @@ class App:
             on_batch=self.metrics.record_batch,
         )
         self.model_name = options.model_name or runner.bundle.path.resolve().name
+        # image bundles take image bytes or base64 JSON (serve.images parses them, not these types)
         types = api_types(
-            self.task, max_inputs=options.max_client_batch_size, max_new_tokens=options.max_new_tokens
+            "text-classification" if self.task in (IMAGE_TASK, QA_TASK) else self.task,
+            max_inputs=options.max_client_batch_size,
+            max_new_tokens=options.max_new_tokens,
         )
         self.decoders = {n: msgspec.json.Decoder(t) for n, t in types.items() if n.endswith("Request")}
         self.openapi = document(
@@ -80,6 +84,12 @@ class App:
         }
         if self.task == GENERATION:
             self.routes[("POST", "/generate")] = self.generate
+        elif self.task == IMAGE_TASK:
+            self.routes[("POST", "/predict")] = self.routes[("POST", "/")] = self.predict_images
+            del self.routes[("POST", "/tokenize")], self.routes[("POST", "/v2/models/{name}/infer")]
+        elif self.task == QA_TASK:
+            self.routes[("POST", "/predict")] = self.routes[("POST", "/")] = self.answer
+            del self.routes[("POST", "/v2/models/{name}/infer")]
         else:
             self.routes[("POST", "/predict")] = self.predict
         self.paths = {path for _, path in self.routes}
@@ -238,6 +248,65 @@ class App:
         )
         return Response.json(results[0] if single else results)
 
+    async def predict_images(self, request: Request) -> Response:
+        """Image bundles: the raw image (image/*) or JSON with base64 images (serve.images)."""
+        from .images import ImageError, ImageLimits, parse_image_request
+
+        try:
+            req = parse_image_request(
+                request.headers.get(b"content-type", b"").decode("latin-1"),
+                request.body,
+                ImageLimits(max_bytes=self.options.max_body_bytes),
+                max_images=self.options.max_client_batch_size,
+            )
+        except ImageError as e:
+            raise HttpError(e.status, str(e)) from None
+        self.admit()
+        self.in_flight += 1
+        try:
+            results = await self.batcher.submit(req.images, req.options, [1] * len(req.images))
+        except Exception as e:
+            raise HttpError(
+                424, f"model call failed: {type(e).__name__}: {str(e)[:200]}", "backend"
+            ) from None
+        finally:
+            self.in_flight -= 1
+        return Response.json(results[0] if req.single else results)
+
+    async def answer(self, request: Request) -> Response:
+        """Question-answering bundles: {"inputs": {"question", "context"} or a list} -> the pipeline's
+        {"answer", "score", "start", "end"} (serve.qa)."""
+        import json
+
+        from .qa import QARequestError, WindowingError, parse_request, response
+
+        try:
+            payload = json.loads(request.body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HttpError(400, f"request body is not valid JSON ({str(e)[:80]})") from None
+        try:
+            questions, contexts, opts, single = parse_request(payload)
+            if len(questions) > self.options.max_client_batch_size:
+                raise HttpError(
+                    413,
+                    f"inputs: more than the limit of {self.options.max_client_batch_size} inputs "
+                    "in one request (--max-client-batch-size)",
+                )
+            items = self.runner.questions(questions, contexts)
+        except (QARequestError, WindowingError) as e:
+            raise HttpError(422, str(e)) from None
+        self.admit()
+        self.in_flight += 1
+        try:
+            answers = await self.batcher.submit(items, [opts] * len(items), [len(q.ids) for q in items])
+        except Exception as e:
+            raise HttpError(
+                424, f"model call failed: {type(e).__name__}: {str(e)[:200]}", "backend"
+            ) from None
+        finally:
+            self.in_flight -= 1
+        return Response.json(response(answers, single))
+
     async def classify(
         self, inputs: list, params, *, truncate: bool | None = None, raw_scores: bool = False
     ) -> list:
@@ -352,7 +421,7 @@ class App:
             "model_name": self.model_name,
             "model_sha": bundle.manifest["sha256"].get("model.onnx"),
             "task": self.task,
-            "max_input_length": bundle.max_length,
+            "max_input_length": bundle.manifest.get("max_length"),
             "max_concurrent_requests": o.max_concurrent_requests,
             "max_batch_tokens": self.batcher.max_batch_tokens,
             "max_batch_requests": o.max_batch_requests,

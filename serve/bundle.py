@@ -17,7 +17,10 @@ from .errors import ServeError
 SUPPORTED_FORMAT = 1
 CLASSIFICATION_TASKS = ("text-classification", "token-classification")
 GENERATION_TASK = "text-generation-with-past"
-SUPPORTED_TASKS = (*CLASSIFICATION_TASKS, GENERATION_TASK)
+IMAGE_TASK = "image-classification"
+QA_TASK = "question-answering"
+SEQ2SEQ_TASK = "text2text-generation-with-past"  # encoder + decoder (+ with-past) graphs, no model.onnx
+SUPPORTED_TASKS = (*CLASSIFICATION_TASKS, GENERATION_TASK, QA_TASK, SEQ2SEQ_TASK)
 GENERATION_INT_FIELDS = ("eos_token_id", "num_layers", "num_key_value_heads", "head_dim")
 
 
@@ -92,11 +95,16 @@ def read_manifest(path: str | Path) -> Bundle:
         raise ServeError(f"{manifest_path}: malformed JSON ({e})") from None
     if not isinstance(manifest, dict):
         raise ServeError(f"{manifest_path}: expected a JSON object")
+    if manifest.get("task") == IMAGE_TASK:
+        from .images import read_image_bundle  # no tokenizer.json or max_length: its own checks
+
+        return read_image_bundle(path, verify=False)
     _check_manifest(manifest_path, manifest)
     for name in manifest["sha256"]:
         if not (path / name).is_file():
             raise ServeError(f"{path / name}: listed in manifest.json but missing")
-    for name in ("model.onnx", "tokenizer.json"):
+    graphs = list(manifest["files"].values()) if manifest["task"] == SEQ2SEQ_TASK else ["model.onnx"]
+    for name in (*graphs, "tokenizer.json"):
         if not (path / name).is_file():
             raise ServeError(f"{path / name}: missing from the bundle")
     return Bundle(path, manifest)
@@ -123,6 +131,14 @@ def _check_manifest(where: Path, m: dict[str, Any]) -> None:
         labels = m.get("labels")
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
             raise ServeError(f"{where}: field 'labels' must be a non-empty list of strings for {m['task']}")
+    if m["task"] == SEQ2SEQ_TASK:
+        files, gen = m.get("files"), m.get("generation")
+        if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
+            raise ServeError(f"{where}: field 'files' must map graph names to file names for {SEQ2SEQ_TASK}")
+        for key in ("decoder_start_token_id", "eos_token_id"):
+            value = gen.get(key) if isinstance(gen, dict) else None
+            if not (type(value) is int and value >= 0):
+                raise ServeError(f"{where}: field 'generation.{key}' must be a non-negative integer")
     if m["task"] == GENERATION_TASK:
         gen = m.get("generation")
         if not isinstance(gen, dict):

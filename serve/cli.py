@@ -6,6 +6,7 @@ Every option can also come from the environment variable shown in --help (SFT_SE
 from __future__ import annotations
 
 import inspect
+import time
 from pathlib import Path
 
 import typer
@@ -76,6 +77,11 @@ def predict_command(
         envvar="SFT_PREDICT_MAX_NEW_TOKENS",
         help="Tokens to generate per prompt (text-generation bundles).",
     ),
+    num_beams: int = typer.Option(
+        1,
+        envvar="SFT_PREDICT_NUM_BEAMS",
+        help="Beam search width (text2text-generation bundles; 1: greedy).",
+    ),
     threads: int | None = typer.Option(
         None,
         envvar="SFT_PREDICT_THREADS",
@@ -133,10 +139,21 @@ def predict_command(
         )
     if engine != "local":
         raise ServeError(f"--engine must be local or ray, got {engine!r}")
+    from .images import ImageClassifier, is_image_bundle, predict_images
     from .predict import predict_file
     from .runtime import load_model
 
-    _positive(batch_size=batch_size, max_new_tokens=max_new_tokens, threads=threads)
+    _positive(batch_size=batch_size, max_new_tokens=max_new_tokens, threads=threads, num_beams=num_beams)
+    if is_image_bundle(bundle):
+        start = time.perf_counter()
+        classifier = ImageClassifier(bundle, threads=threads, device=device)
+        rows = predict_images(classifier, input, output, batch_size=batch_size)
+        seconds = time.perf_counter() - start
+        typer.echo(
+            f"wrote {rows} predictions to {output} in {seconds:.2f}s "
+            f"({rows / max(seconds, 1e-9):.0f} images/s)"
+        )
+        return
     runner = load_model(bundle, threads=threads, device=device)
     s = predict_file(
         runner,
@@ -148,6 +165,7 @@ def predict_command(
         resume=resume,
         progress=None if progress else False,
         max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
     )
     kept = f" (kept {s.skipped} rows already there)" if s.skipped else ""
     typer.echo(
@@ -159,6 +177,7 @@ def predict_command(
 def serve_command(bundle: Path, **values) -> None:
     """Serve an ONNX bundle over HTTP with dynamic batching (text-embeddings-inference's API and the
     Open Inference Protocol v2)."""
+    from .images import ImageClassifier, is_image_bundle
     from .options import ServeOptions
     from .runtime import load_model
     from .server import serve
@@ -166,6 +185,11 @@ def serve_command(bundle: Path, **values) -> None:
     options = ServeOptions(**values)
     _check_serve_options(options)
     kwargs = {"max_new_tokens_cap": options.max_new_tokens} if _is_generation(bundle) else {}
+    if is_image_bundle(bundle):
+        runner = ImageClassifier(
+            bundle, threads=options.threads, device=options.device, verify=options.verify
+        )
+        return serve(runner, options)
     runner = load_model(
         bundle,
         verify=options.verify,
@@ -242,9 +266,9 @@ def _check_serve_options(o) -> None:
 
 
 def _is_generation(bundle: Path) -> bool:
-    from .bundle import GENERATION_TASK, read_manifest
+    from .bundle import GENERATION_TASK, SEQ2SEQ_TASK, read_manifest
 
-    return read_manifest(bundle).task == GENERATION_TASK
+    return read_manifest(bundle).task in (GENERATION_TASK, SEQ2SEQ_TASK)
 
 
 def _positive(**values: float | None) -> None:

@@ -36,14 +36,24 @@ def record_for(runner, index: int, result: Any) -> dict[str, Any]:
         return {"index": index, "label": best["label"], "score": best["score"]}
     if runner.task == "token-classification":
         return {"index": index, "entities": result}
+    if runner.task == "question-answering":
+        from .qa import record
+
+        return record(index, result)
     return {"index": index, "generated_text": result["generated_text"]}
 
 
-def options_for(runner, text: Any, max_new_tokens: int) -> dict[str, Any]:
+def options_for(runner, text: Any, max_new_tokens: int, num_beams: int = 1) -> dict[str, Any]:
     if runner.task == "token-classification":
         return {"text": text, "aggregation_strategy": "simple", "ignore_labels": ["O"]}
     if runner.task == "text-classification":
         return {"function": None, "top_k": None}
+    if runner.task == "question-answering":
+        return {}
+    if runner.task == "text2text-generation-with-past":
+        from .seq2seq import Seq2SeqParams
+
+        return {"params": Seq2SeqParams(max_new_tokens=max_new_tokens, num_beams=num_beams)}
     from .generate import GenerationParams
 
     return {"params": GenerationParams(max_new_tokens=max_new_tokens)}
@@ -51,6 +61,8 @@ def options_for(runner, text: Any, max_new_tokens: int) -> dict[str, Any]:
 
 def input_columns(bundle, text_column: str | None, pair_column: str | None) -> tuple[str, str | None]:
     """The text and text-pair columns to read: the ones given, else those the bundle was trained on."""
+    if text_column is None and bundle.task == "question-answering":
+        return "question", pair_column or "context"
     if text_column is None:
         text_column = bundle.text_column
         pair_column = pair_column or bundle.text_pair_column
@@ -69,12 +81,13 @@ def predict_file(
     resume: bool = False,
     progress: bool | None = None,
     max_new_tokens: int = 20,
+    num_beams: int = 1,
 ) -> PredictSummary:
     input_path, output_path = Path(input_path), Path(output_path)
     text_column, pair_column = input_columns(runner.bundle, text_column, pair_column)
     if batch_size <= 0:
         raise ServeError(f"--batch-size must be > 0, got {batch_size}")
-    if pair_column and runner.task != "text-classification":
+    if pair_column and runner.task not in ("text-classification", "question-answering"):
         raise ServeError(f"--text-pair-column: a {runner.task} bundle takes single texts")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     skipped = completed_rows(output_path) if resume and output_path.exists() else 0
@@ -88,7 +101,7 @@ def predict_file(
         good = out.tell()
         try:
             for index, chunk in _chunks(rows, chunk_rows, skip=skipped):
-                results = _predict_chunk(runner, [t for _, t in chunk], batch_size, max_new_tokens)
+                results = _predict_chunk(runner, [t for _, t in chunk], batch_size, max_new_tokens, num_beams)
                 lines = (json.dumps(record_for(runner, index + i, r)) + "\n" for i, r in enumerate(results))
                 out.write("".join(lines))
                 out.flush()
@@ -155,15 +168,16 @@ def _chunks(rows: Iterator[Row], size: int, *, skip: int = 0) -> Iterator[tuple[
         raise ServeError(f"cannot resume: the output already holds {skip} rows, the input only {index + 1}")
 
 
-def _predict_chunk(runner, texts: list, batch_size: int, max_new_tokens: int) -> list:
+def _predict_chunk(runner, texts: list, batch_size: int, max_new_tokens: int, num_beams: int = 1) -> list:
     encodings = runner.encode(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
     results: list = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = runner.run(
-            [encodings[i] for i in idx], [options_for(runner, texts[i], max_new_tokens) for i in idx]
-        )
+        options = [options_for(runner, texts[i], max_new_tokens, num_beams) for i in idx]
+        if runner.task == "text2text-generation-with-past":
+            options = [options[0]] * len(idx)  # one params object: one generate() call per batch
+        batch = runner.run([encodings[i] for i in idx], options)
         for i, r in zip(idx, batch, strict=False):
             results[i] = r
     return results

@@ -52,6 +52,12 @@ def runner_class(task: str):
         return TextClassifier
     if task == "token-classification":
         return TokenClassifier
+    if task == "question-answering":
+        from .qa import QuestionAnswerer
+
+        return QuestionAnswerer
+    if task == "text2text-generation-with-past":
+        return Seq2SeqRunner
     return TextGenerator
 
 
@@ -106,3 +112,51 @@ class TextClassifier(BundleRunner):
             order = np.argsort(-values, kind="stable")[: opts.get("top_k") or None]
             out.append([{"label": self.labels[i], "score": float(values[i])} for i in order])
         return out
+
+
+class Source:
+    """A seq2seq input as the batcher and sft-predict see it: the text and its token ids (the cost)."""
+
+    def __init__(self, text: str, ids: list[int]):
+        self.text, self.ids = text, ids
+
+
+class Seq2SeqRunner:
+    """serve.seq2seq.Seq2SeqGenerator in the shape of the other runners: `encode(texts)`, and
+    `run(items, options)` for the batcher and sft-predict, one generate() call per distinct params."""
+
+    task = "text2text-generation-with-past"
+
+    def __init__(
+        self, bundle, *, threads: int | None = None, max_new_tokens_cap: int = 256, **_ignored: Any
+    ) -> None:
+        from types import SimpleNamespace
+
+        from .seq2seq import Seq2SeqGenerator
+        from .session import CUDA, usable_cores
+
+        self.bundle = bundle
+        # load_model checks the sha256 of every file; the generator need not do it again
+        self.generator = Seq2SeqGenerator(
+            bundle.path, threads=threads, max_new_tokens_cap=max_new_tokens_cap, verify=False
+        )
+        providers = self.generator.sessions["encoder"].get_providers()
+        self.model = SimpleNamespace(
+            providers=providers, on_cuda=providers[0] == CUDA, threads=threads or usable_cores()
+        )
+
+    def encode(self, texts: Sequence[str], *, truncate: bool = True) -> list[Source]:
+        g = self.generator
+        encodings = g.tokenizer.encode_batch([g.prefix + t for t in texts])
+        return [Source(t, e.ids) for t, e in zip(texts, encodings, strict=True)]
+
+    def run(self, items: Sequence[Source], options: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        groups: dict[int, list[int]] = {}
+        for i, opts in enumerate(options):
+            groups.setdefault(id(opts["params"]), []).append(i)
+        results: list = [None] * len(items)
+        for idx in groups.values():
+            texts = [items[i].text for i in idx]
+            for i, r in zip(idx, self.generator.generate(texts, options[idx[0]]["params"]), strict=True):
+                results[i] = r
+        return results

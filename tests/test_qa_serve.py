@@ -266,3 +266,77 @@ def test_inference_api_request_and_response_shapes():
     assert response([[a], []], False) == [a, []]  # as the pipeline: one answer is unwrapped
     assert record(3, [a, b]) == {"index": 3, **a}
     assert record(4, []) == {"index": 4, "answer": "", "score": 0.0, "start": 0, "end": 0}
+
+
+@pytest.fixture(scope="module")
+def qa_bundle(tiny_qa, tmp_path_factory):
+    from export.onnx import export_onnx
+
+    path, _, _ = tiny_qa
+    report = export_onnx(path, tmp_path_factory.mktemp("qa-bundle") / "bundle", max_length=64)
+    return report.bundle_dir
+
+
+def _pipeline_answers(tiny_qa, bundle):
+    import json
+
+    from transformers import pipeline
+
+    _, model, tokenizer = tiny_qa
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    pipe = pipeline("question-answering", model=model, tokenizer=tokenizer, device="cpu")
+    return [
+        pipe(question=q, context=c, max_seq_len=manifest["max_length"], doc_stride=manifest["doc_stride"])
+        for q, c in CONTEXTS
+    ]
+
+
+def test_sft_predict_and_the_daemon_answer_as_the_pipeline(tiny_qa, qa_bundle, tmp_path):
+    import json
+
+    import httpx
+    from conftest import run_cli
+    from serve_support import Daemon
+
+    want = _pipeline_answers(tiny_qa, qa_bundle)
+    rows = tmp_path / "questions.jsonl"
+    rows.write_text("".join(json.dumps({"question": q, "context": c}) + "\n" for q, c in CONTEXTS))
+    proc = run_cli("sft-predict", str(qa_bundle), "-i", str(rows), "-o", str(tmp_path / "out.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in got] == [0, 1, 2]
+    for ours, theirs in zip(got, want, strict=True):
+        assert (ours["answer"], ours["start"], ours["end"]) == (
+            theirs["answer"],
+            theirs["start"],
+            theirs["end"],
+        )
+        assert ours["score"] == pytest.approx(theirs["score"], rel=1e-3)
+
+    daemon = Daemon(qa_bundle)
+    try:
+        q, c = CONTEXTS[0]
+        one = httpx.post(daemon.url + "/predict", json={"inputs": {"question": q, "context": c}}, timeout=60)
+        assert one.status_code == 200, one.text
+        assert one.json()["answer"] == want[0]["answer"]
+        many = httpx.post(
+            daemon.url + "/",
+            json={"inputs": [{"question": q, "context": c} for q, c in CONTEXTS]},
+            timeout=60,
+        )
+        assert many.status_code == 200, many.text
+        for ours, theirs in zip(many.json(), want, strict=True):
+            assert (ours["answer"], ours["start"], ours["end"]) == (
+                theirs["answer"],
+                theirs["start"],
+                theirs["end"],
+            )
+            assert ours["score"] == pytest.approx(theirs["score"], rel=1e-3)
+        bad = httpx.post(daemon.url + "/predict", json={"inputs": {"question": q}}, timeout=60)
+        assert bad.status_code == 422 and set(bad.json()) == {"error", "error_type"}
+        long_q = httpx.post(
+            daemon.url + "/predict", json={"inputs": {"question": "why " * 200, "context": c}}, timeout=60
+        )
+        assert long_q.status_code == 422, long_q.text
+    finally:
+        daemon.stop()
