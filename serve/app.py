@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from .batcher import Batcher
-from .bundle import IMAGE_TASK, QA_TASK
+from .bundle import IMAGE_TASK, QA_TASK, SEQ2SEQ_TASK
 from .encoding import InputTooLong, TokenizerFailed
 from .metrics import ServeMetrics
 from .oip import OipRoutes
@@ -82,7 +82,11 @@ class App:
             ("POST", "/"): self.inference_api,
             **self.oip.routes,
         }
-        if self.task == GENERATION:
+        if self.task == SEQ2SEQ_TASK:
+            self.routes[("POST", "/generate")] = self.generate_seq2seq
+            self.routes[("POST", "/")] = self.inference_api_seq2seq
+            del self.routes[("POST", "/tokenize")], self.routes[("POST", "/v2/models/{name}/infer")]
+        elif self.task == GENERATION:
             self.routes[("POST", "/generate")] = self.generate
         elif self.task == IMAGE_TASK:
             self.routes[("POST", "/predict")] = self.routes[("POST", "/")] = self.predict_images
@@ -307,6 +311,86 @@ class App:
             self.in_flight -= 1
         return Response.json(response(answers, single))
 
+    async def generate_seq2seq(self, request: Request) -> Response:
+        """Seq2seq bundles: {"inputs": text or [texts], "parameters": {...}} -> {"generated_text"} each."""
+        texts, results, single = await self._seq2seq(request)
+        out = [{"generated_text": r["generated_text"]} for r in results]
+        return Response.json(out[0] if single else out)
+
+    async def inference_api_seq2seq(self, request: Request) -> Response:
+        """The Inference API's shape: [{"translation_text"}] / [{"summary_text"}] (the manifest's key)."""
+        _, results, _ = await self._seq2seq(request)
+        key = self.runner.bundle.manifest.get("inference_api_key") or "generated_text"
+        return Response.json([{key: r["generated_text"]} for r in results])
+
+    async def _seq2seq(self, request: Request) -> tuple[list[str], list, bool]:
+        import json
+
+        try:
+            payload = json.loads(request.body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HttpError(400, f"request body is not valid JSON ({str(e)[:80]})") from None
+        inputs = payload.get("inputs") if isinstance(payload, dict) else None
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else inputs
+        if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise HttpError(422, "inputs: expected a non-empty string or a list of them")
+        if not texts:
+            raise HttpError(400, "inputs: the batch is empty", "empty")
+        if len(texts) > self.options.max_client_batch_size:
+            raise HttpError(
+                413,
+                f"inputs: more than the limit of {self.options.max_client_batch_size} inputs "
+                "in one request (--max-client-batch-size)",
+            )
+        params = self._seq2seq_params(payload.get("parameters"))
+        self.admit()
+        self.in_flight += 1
+        try:
+            items = self.runner.encode(texts)
+            results = await self.batcher.submit(
+                items, [{"params": params}] * len(items), [len(i.ids) for i in items]
+            )
+        except Exception as e:
+            raise HttpError(
+                424, f"model call failed: {type(e).__name__}: {str(e)[:200]}", "backend"
+            ) from None
+        finally:
+            self.in_flight -= 1
+        return texts, results, single
+
+    def _seq2seq_params(self, given: Any):
+        from .generate import DEFAULT_NEW_TOKENS
+        from .seq2seq import Seq2SeqParams
+
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):
+            raise HttpError(422, "parameters: expected an object")
+        values: dict[str, Any] = {}
+        for name, value in given.items():
+            check = SEQ2SEQ_PARAMETERS.get(name)
+            if check is None:
+                raise HttpError(
+                    422, f"parameters.{name}: not supported (known: {', '.join(SEQ2SEQ_PARAMETERS)})"
+                )
+            if value is None:
+                continue
+            if not check[0](value):
+                raise HttpError(422, f"parameters.{name}: must be {check[1]}, got {value!r}")
+            values[name] = value
+        cap = self.options.max_new_tokens
+        if values.get("max_new_tokens", 0) > cap:
+            raise HttpError(422, f"parameters.max_new_tokens: must be <= {cap} (--max-new-tokens)")
+        values.setdefault("max_new_tokens", min(DEFAULT_NEW_TOKENS, cap))
+        values.setdefault("num_beams", int(self.runner.generator.config.get("num_beams") or 1))
+        params = Seq2SeqParams(**values)
+        if params.num_beams > 1 and params.sampling:
+            raise HttpError(
+                422, "parameters: beam search with sampling is not supported (num_beams 1 samples)"
+            )
+        return params
+
     async def classify(
         self, inputs: list, params, *, truncate: bool | None = None, raw_scores: bool = False
     ) -> list:
@@ -478,3 +562,25 @@ _NO_PARAMETERS = _NoParameters()
 
 def _or(value, default):
     return default if value is None else value
+
+
+def _int(low: int):
+    return lambda v: type(v) is int and v >= low
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# Seq2seq generation parameters: name -> (check, what the check wants)
+SEQ2SEQ_PARAMETERS = {
+    "max_new_tokens": (_int(1), "an integer >= 1"),
+    "num_beams": (_int(1), "an integer >= 1"),
+    "do_sample": (lambda v: isinstance(v, bool), "true or false"),
+    "temperature": (lambda v: _number(v) and 0 < v <= 100, "a number in (0, 100]"),
+    "top_k": (_int(0), "an integer >= 0"),
+    "top_p": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "seed": (_int(0), "an integer >= 0"),
+    "length_penalty": (_number, "a number"),
+    "early_stopping": (lambda v: isinstance(v, bool) or v == "never", 'true, false or "never"'),
+}

@@ -169,3 +169,61 @@ def test_train_export_serve_with_a_source_prefix(tmp_path):
     want = tokenizer.batch_decode(model.generate(**batch, max_new_tokens=6), skip_special_tokens=True)
     got = list(generate_lines(generator, lines, Seq2SeqParams(max_new_tokens=6), batch_size=2))
     assert got == [w.strip() for w in want]
+
+
+def test_sft_predict_and_the_daemon_equal_model_generate(bundles, tmp_path):
+    """sft-predict (greedy and --num-beams 3) on a text file, and sft-serve's POST /generate and POST /,
+    give model.generate's texts on the T5 bundle."""
+    import httpx
+    from conftest import run_cli
+    from serve_support import Daemon
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model_dir, bundle = bundles["t5"]
+    texts = [s for s, _ in copy_pairs(7, 3)]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    eos = model.generation_config.eos_token_id
+
+    def want(**kwargs) -> list[str]:
+        rows = model.generate(**batch, max_new_tokens=9, **kwargs).tolist()
+        return [tokenizer.decode(_hf_tokens(r, eos), skip_special_tokens=True).strip() for r in rows]
+
+    greedy, beams = want(num_beams=1), want(num_beams=3)
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    for flags, expected in (([], greedy), (["--num-beams", "3"], beams)):
+        out = tmp_path / f"out{len(flags)}.jsonl"
+        proc = run_cli(
+            "sft-predict",
+            str(bundle),
+            "-i",
+            str(tmp_path / "in.txt"),
+            "-o",
+            str(out),
+            "--max-new-tokens",
+            "9",
+            *flags,
+        )
+        assert proc.returncode == 0, proc.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["index"] for r in rows] == list(range(len(texts)))
+        assert [r["generated_text"] for r in rows] == expected
+
+    key = json.loads((bundle / "manifest.json").read_text()).get("inference_api_key") or "generated_text"
+    daemon = Daemon(bundle)
+    try:
+        r = httpx.post(daemon.url + "/generate", json={"inputs": texts, "parameters": {"max_new_tokens": 9}})
+        assert r.status_code == 200, r.text
+        assert [x["generated_text"] for x in r.json()] == greedy
+        r = httpx.post(
+            daemon.url + "/generate",
+            json={"inputs": texts[0], "parameters": {"max_new_tokens": 9, "num_beams": 3}},
+        )
+        assert r.status_code == 200 and r.json() == {"generated_text": beams[0]}, r.text
+        r = httpx.post(daemon.url + "/", json={"inputs": texts[1], "parameters": {"max_new_tokens": 9}})
+        assert r.status_code == 200 and r.json() == [{key: greedy[1]}], r.text
+        r = httpx.post(daemon.url + "/generate", json={"inputs": "x", "parameters": {"num_beams": 0}})
+        assert r.status_code == 422 and set(r.json()) == {"error", "error_type"}
+    finally:
+        daemon.stop()
