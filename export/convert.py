@@ -6,6 +6,7 @@ import logging
 import platform
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,9 +91,26 @@ def merge_lora(checkpoint: Checkpoint, out_dir: Path) -> Path:
     return out_dir
 
 
-def export_with_optimum(model_dir: Path, out_dir: Path, task: str, opset: int | None) -> Path:
+def exportable_model_dir(checkpoint: Checkpoint, scratch: Path, say: Callable[[str], None]) -> Path:
+    """The directory Optimum exports from: the checkpoint itself, or its LoRA adapter merged into the base."""
+    if not checkpoint.is_lora:
+        return checkpoint.path
+    say(f"merging LoRA adapter {checkpoint.path} into {checkpoint.base}")
+    return merge_lora(checkpoint, scratch / "merged")
+
+
+def export_with_optimum(
+    model_dir: Path,
+    out_dir: Path,
+    task: str,
+    opset: int | None,
+    *,
+    graphs: Sequence[str] = ("model.onnx",),
+    post_process: bool = True,
+) -> Path:
     """`optimum.exporters.onnx.main_export` with dynamic batch and sequence axes; its own validation is off
-    because ours (validate.py) fails instead of warning."""
+    because ours (validate.py) fails instead of warning. Returns the path of the first of `graphs`, the
+    files the export must write."""
     from optimum.exporters.onnx import main_export
 
     try:
@@ -103,6 +121,7 @@ def export_with_optimum(model_dir: Path, out_dir: Path, task: str, opset: int | 
                 task=task,
                 opset=opset,
                 do_validation=False,
+                no_post_process=not post_process,
                 local_files_only=True,
                 library_name="transformers",
             )
@@ -110,9 +129,10 @@ def export_with_optimum(model_dir: Path, out_dir: Path, task: str, opset: int | 
         raise InputError(
             f"{model_dir}: Optimum could not export it ({str(e).strip().splitlines()[0]})"
         ) from None
-    if not (out_dir / "model.onnx").is_file():
-        raise InputError(f"{model_dir}: Optimum wrote no model.onnx for {task}")
-    return out_dir / "model.onnx"
+    missing = [g for g in graphs if not (out_dir / g).is_file()]
+    if missing:
+        raise InputError(f"{model_dir}: Optimum wrote no {', '.join(missing)} for {task}")
+    return out_dir / graphs[0]
 
 
 def check_optimization_level(level: str | None) -> None:

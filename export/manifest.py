@@ -46,14 +46,15 @@ def build_manifest(bundle: Path, checkpoint: Checkpoint, task: str, max_length: 
         "versions": versions(),
     }
     if checkpoint.is_lora:
-        manifest["lora"] = {
-            "base": str(checkpoint.base.resolve()),
-            "adapter": str(checkpoint.path.resolve()),
-            "merged": True,
-        }
+        manifest["lora"] = lora_fields(checkpoint)
     if task == GENERATION_TASK:
         manifest["generation"] = generation_fields(graph, checkpoint, tok_cfg, bundle / "tokenizer.json")
     return manifest
+
+
+def lora_fields(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The manifest's record of a LoRA checkpoint: merged into its base at export."""
+    return {"base": str(checkpoint.base.resolve()), "adapter": str(checkpoint.path.resolve()), "merged": True}
 
 
 def seal(bundle: Path, manifest: dict[str, Any]) -> None:

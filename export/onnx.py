@@ -25,7 +25,7 @@ from .convert import (
     check_optimization_level,
     cpu_instruction_set,
     export_with_optimum,
-    merge_lora,
+    exportable_model_dir,
     optimize_graph,
     quantize_int8,
 )
@@ -192,10 +192,7 @@ def _build(
             quantize=quantize,
             eval_set=eval_set,
         )
-    model_dir = ckpt.path
-    if ckpt.is_lora:
-        say(f"merging LoRA adapter {ckpt.path} into {ckpt.base}")
-        model_dir = merge_lora(ckpt, scratch / "merged")
+    model_dir = exportable_model_dir(ckpt, scratch, say)
     say(f"exporting {task} with Optimum (opset {opset or 'default'})")
     export_with_optimum(model_dir, scratch / "optimum", task, opset)
     source = scratch / "optimum"

@@ -34,29 +34,11 @@ BATCH = 8
 
 def export_seq2seq(model_dir: Path, out_dir: Path, opset: int | None) -> Path:
     """Optimum's export without its post-processing (no merged decoder: three plain graphs)."""
-    from optimum.exporters.onnx import main_export
+    from .convert import export_with_optimum
 
-    from .convert import quiet
-
-    try:
-        with quiet():
-            main_export(
-                str(model_dir),
-                output=out_dir,
-                task=SEQ2SEQ_TASK,
-                opset=opset,
-                do_validation=False,
-                no_post_process=True,
-                local_files_only=True,
-                library_name="transformers",
-            )
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise InputError(
-            f"{model_dir}: Optimum could not export it ({str(e).strip().splitlines()[0]})"
-        ) from None
-    missing = [f for f in GRAPHS.values() if not (out_dir / f).is_file()]
-    if missing:
-        raise InputError(f"{model_dir}: Optimum wrote no {', '.join(missing)} for {SEQ2SEQ_TASK}")
+    export_with_optimum(
+        model_dir, out_dir, SEQ2SEQ_TASK, opset, graphs=tuple(GRAPHS.values()), post_process=False
+    )
     return out_dir
 
 
@@ -132,7 +114,7 @@ def compare_seq2seq(
 def seq2seq_manifest(directory: Path, checkpoint: Checkpoint, max_length: int) -> dict[str, Any]:
     """What serve needs: the three graphs with their inputs/outputs, special ids, cache geometry, the
     generation defaults and the --source-prefix the model was trained with."""
-    from .manifest import _generation_config, graph_of, versions
+    from .manifest import _generation_config, graph_of, lora_fields, versions
 
     graphs = {k: graph_of(directory / f) for k, f in GRAPHS.items()}
     config = {
@@ -178,11 +160,7 @@ def seq2seq_manifest(directory: Path, checkpoint: Checkpoint, max_length: int) -
         "versions": versions(),
     }
     if checkpoint.is_lora:
-        manifest["lora"] = {
-            "base": str(checkpoint.base.resolve()),
-            "adapter": str(checkpoint.path.resolve()),
-            "merged": True,
-        }
+        manifest["lora"] = lora_fields(checkpoint)
     return manifest
 
 
@@ -215,7 +193,7 @@ def build_seq2seq(
     eval_set,
 ):
     """export/onnx.py's _build for the three seq2seq graphs: export, validate, assemble, seal."""
-    from .convert import merge_lora, quiet
+    from .convert import exportable_model_dir, quiet
     from .manifest import seal
     from .onnx import ExportReport
 
@@ -225,10 +203,7 @@ def build_seq2seq(
     positions = ckpt.config.get("max_position_embeddings")  # BART / Marian: learned positions
     if isinstance(positions, int) and positions > STEPS + 1:
         max_length = min(max_length, positions)
-    model_dir = ckpt.path
-    if ckpt.is_lora:
-        say(f"merging LoRA adapter {ckpt.path} into {ckpt.base}")
-        model_dir = merge_lora(ckpt, scratch / "merged")
+    model_dir = exportable_model_dir(ckpt, scratch, say)
     say(f"exporting {SEQ2SEQ_TASK} with Optimum (opset {opset or 'default'})")
     onnx_dir = export_seq2seq(model_dir, scratch / "optimum", opset)
     import torch
