@@ -1,7 +1,9 @@
 """A serving bundle on disk: manifest.json, model.onnx, tokenizer.json, config.json.
 
-The manifest says which task the graph does: "text-classification", "token-classification" or
-"text-generation-with-past" (a causal LM whose graph takes and returns past key/values).
+The manifest says which task the graph does: "text-classification", "token-classification",
+"question-answering", "text-generation-with-past" (a causal LM whose graph takes and returns past
+key/values), "text2text-generation-with-past" (encoder and decoder graphs listed in manifest["files"], no
+model.onnx) or "image-classification" (preprocessor_config.json instead of tokenizer.json, no max_length).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ GENERATION_TASK = "text-generation-with-past"
 IMAGE_TASK = "image-classification"
 QA_TASK = "question-answering"
 SEQ2SEQ_TASK = "text2text-generation-with-past"  # encoder + decoder (+ with-past) graphs, no model.onnx
-SUPPORTED_TASKS = (*CLASSIFICATION_TASKS, GENERATION_TASK, QA_TASK, SEQ2SEQ_TASK)
+SUPPORTED_TASKS = (*CLASSIFICATION_TASKS, GENERATION_TASK, QA_TASK, SEQ2SEQ_TASK, IMAGE_TASK)
 GENERATION_INT_FIELDS = ("eos_token_id", "num_layers", "num_key_value_heads", "head_dim")
 
 
@@ -95,25 +97,28 @@ def read_manifest(path: str | Path) -> Bundle:
         raise ServeError(f"{manifest_path}: malformed JSON ({e})") from None
     if not isinstance(manifest, dict):
         raise ServeError(f"{manifest_path}: expected a JSON object")
-    if manifest.get("task") == IMAGE_TASK:
-        from .images import read_image_bundle  # no tokenizer.json or max_length: its own checks
-
-        return read_image_bundle(path, verify=False)
     _check_manifest(manifest_path, manifest)
     for name in manifest["sha256"]:
         if not (path / name).is_file():
             raise ServeError(f"{path / name}: listed in manifest.json but missing")
-    graphs = list(manifest["files"].values()) if manifest["task"] == SEQ2SEQ_TASK else ["model.onnx"]
-    for name in (*graphs, "tokenizer.json"):
+    if manifest["task"] == SEQ2SEQ_TASK:
+        needed = [*manifest["files"].values(), "tokenizer.json"]
+    elif manifest["task"] == IMAGE_TASK:  # pixels in: no tokenizer (serve.images reads the bundle)
+        needed = ["model.onnx", "preprocessor_config.json"]
+    else:
+        needed = ["model.onnx", "tokenizer.json"]
+    for name in needed:
         if not (path / name).is_file():
             raise ServeError(f"{path / name}: missing from the bundle")
     return Bundle(path, manifest)
 
 
 def _check_manifest(where: Path, m: dict[str, Any]) -> None:
-    for key in ("format", "task", "max_length", "sha256"):
+    for key in ("format", "task", "sha256"):
         if key not in m:
             raise ServeError(f"{where}: missing field {key!r}")
+    if m.get("task") != IMAGE_TASK and "max_length" not in m:
+        raise ServeError(f"{where}: missing field 'max_length'")
     if m["format"] != SUPPORTED_FORMAT:
         raise ServeError(
             f"{where}: bundle format {m['format']!r} is not supported "
@@ -123,11 +128,11 @@ def _check_manifest(where: Path, m: dict[str, Any]) -> None:
         raise ServeError(
             f"{where}: field 'task': {m['task']!r} is not supported ({', '.join(SUPPORTED_TASKS)})"
         )
-    if not _positive_int(m["max_length"]):
+    if m["task"] != IMAGE_TASK and not _positive_int(m["max_length"]):
         raise ServeError(f"{where}: field 'max_length' must be a positive integer, got {m['max_length']!r}")
     if not isinstance(m["sha256"], dict) or not all(isinstance(v, str) for v in m["sha256"].values()):
         raise ServeError(f"{where}: field 'sha256' must map file names to hex digests")
-    if m["task"] in CLASSIFICATION_TASKS:
+    if m["task"] in (*CLASSIFICATION_TASKS, IMAGE_TASK):
         labels = m.get("labels")
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
             raise ServeError(f"{where}: field 'labels' must be a non-empty list of strings for {m['task']}")
