@@ -26,7 +26,7 @@ import torch
 
 from .config import TrainConfig
 from .errors import InputError
-from .tasks import Task, first_n, pad_rows
+from .tasks import Task, pad_rows
 
 # Options of this task (defaults as transformers' run_qa.py), defined once in TrainConfig.
 QA_OPTIONS = (
@@ -287,12 +287,7 @@ class QuestionAnswering(Task):
 
     def load(self) -> None:
         v2 = bool(self.option("version_2_with_negative"))
-        self.train_ex = first_n(self.cfg, "train", read_qa(self.cfg.train, self.option, version_2=v2))
-        self.eval_ex = (
-            first_n(self.cfg, "eval", read_qa(self.cfg.eval, self.option, version_2=v2))
-            if self.cfg.eval
-            else None
-        )
+        self.train_ex, self.eval_ex = self.read_splits(lambda path: read_qa(path, self.option, version_2=v2))
         stride, length = self.option("doc_stride"), self.cfg.max_length
         if not 0 <= stride < length:
             raise InputError(

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .tasks import Task, first_n, pad_rows
+from .tasks import Task, pad_rows
 
 IGNORE = -100
 _T5_LIKE = {"t5", "mt5", "umt5", "longt5"}  # scale the decoder output by d_model**-0.5 when the head is tied
@@ -182,8 +182,7 @@ class Seq2Seq(Task):
     def load(self) -> None:
         cfg = self.cfg
         columns = {"source_column": cfg.source_column, "target_column": cfg.target_column}
-        self.train_pairs = first_n(cfg, "train", read_pairs(cfg.train, **columns))
-        self.eval_pairs = first_n(cfg, "eval", read_pairs(cfg.eval, **columns)) if cfg.eval else None
+        self.train_pairs, self.eval_pairs = self.read_splits(lambda path: read_pairs(path, **columns))
         self.labels = None
 
     def encode(self, tokenizer):

@@ -110,6 +110,11 @@ class Task:
 
         return getattr(transformers, self.auto_model)
 
+    def read_splits(self, read) -> tuple[list, list | None]:
+        """`read` of --train and of --eval (None without one), each cut by first_n."""
+        train = first_n(self.cfg, "train", read(self.cfg.train))
+        return train, first_n(self.cfg, "eval", read(self.cfg.eval)) if self.cfg.eval else None
+
     def model_kwargs(self) -> dict[str, Any]:
         return {}
 
@@ -202,15 +207,7 @@ class SequenceClassification(Task):
     def model_kwargs(self):
         if self.problem == "regression":
             return {"num_labels": 1, "problem_type": "regression"}
-        problem = (
-            "multi_label_classification" if self.problem == "multi-label" else "single_label_classification"
-        )
-        return {
-            "num_labels": len(self.labels.names),
-            "id2label": self.labels.id2label(),
-            "label2id": self.labels.label2id(),
-            "problem_type": problem,
-        }
+        return label_model_kwargs(self.labels, self.problem)
 
     def encode(self, tokenizer):
         def rows(ex, ys):
@@ -267,14 +264,8 @@ class SequenceClassification(Task):
         if self.problem == "regression":
             err = logits.squeeze(-1) - torch.tensor(y)
             metrics.update(rmse=float(err.pow(2).mean().sqrt()), mae=float(err.abs().mean()))
-        elif self.problem == "multi-label":
-            metrics.update(
-                _multi_label_report(
-                    torch.sigmoid(logits) >= self.cfg.threshold, torch.tensor(y) > 0.5, self.labels.names
-                )
-            )
         else:
-            metrics.update(classification_report(y, logits.argmax(-1).tolist(), self.labels.names))
+            metrics.update(label_metrics(logits, y, self.problem, self.cfg.threshold, self.labels.names))
         return metrics
 
     def _eval_loss(self, logits, y):
@@ -283,6 +274,25 @@ class SequenceClassification(Task):
         if self.problem == "multi-label":
             return torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
         return torch.nn.functional.cross_entropy(logits, y)
+
+
+def label_model_kwargs(labels: LabelMap, problem: str) -> dict[str, Any]:
+    """The model's label set and HF problem_type for a single- or multi-label classifier."""
+    return {
+        "num_labels": len(labels.names),
+        "id2label": labels.id2label(),
+        "label2id": labels.label2id(),
+        "problem_type": (
+            "multi_label_classification" if problem == "multi-label" else "single_label_classification"
+        ),
+    }
+
+
+def label_metrics(logits: torch.Tensor, y: list, problem: str, threshold: float, names: list[str]) -> dict:
+    """Evaluation metrics of a single- or multi-label classifier from its logits and the true labels."""
+    if problem == "multi-label":
+        return _multi_label_report(torch.sigmoid(logits) >= threshold, torch.tensor(y) > 0.5, names)
+    return classification_report(y, logits.argmax(-1).tolist(), names)
 
 
 def _multi_label_report(pred: torch.Tensor, true: torch.Tensor, names: list[str]) -> dict[str, Any]:
@@ -321,8 +331,7 @@ class TokenClassification(Task):
     def load(self) -> None:
         from .ner import label_list, read_token_data
 
-        self.train_sents = first_n(self.cfg, "train", read_token_data(self.cfg.train))
-        self.eval_sents = first_n(self.cfg, "eval", read_token_data(self.cfg.eval)) if self.cfg.eval else None
+        self.train_sents, self.eval_sents = self.read_splits(read_token_data)
         self.labels = LabelMap(label_list(self.train_sents))
 
     def model_kwargs(self):
@@ -398,10 +407,7 @@ class CausalLM(Task):
     def load(self) -> None:
         from .causal import read_instructions
 
-        self.train_records = first_n(self.cfg, "train", read_instructions(self.cfg.train))
-        self.eval_records = (
-            first_n(self.cfg, "eval", read_instructions(self.cfg.eval)) if self.cfg.eval else None
-        )
+        self.train_records, self.eval_records = self.read_splits(read_instructions)
         self.labels = None
 
     def encode(self, tokenizer):

@@ -25,8 +25,7 @@ import torch
 
 from .data import LabelMap, label_key
 from .errors import InputError
-from .metrics import classification_report
-from .tasks import Task, _multi_label_report, first_n
+from .tasks import Task, first_n, label_metrics, label_model_kwargs
 
 AUGMENTATIONS = ("none", "light")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -226,15 +225,7 @@ class ImageClassification(Task):
             ) from None
 
     def model_kwargs(self):
-        problem = (
-            "multi_label_classification" if self.problem == "multi-label" else "single_label_classification"
-        )
-        return {
-            "num_labels": len(self.labels.names),
-            "id2label": self.labels.id2label(),
-            "label2id": self.labels.label2id(),
-            "problem_type": problem,
-        }
+        return label_model_kwargs(self.labels, self.problem)
 
     def length(self, row: dict[str, Any]) -> int:
         return 1
@@ -318,11 +309,7 @@ class ImageClassification(Task):
         logits = torch.cat(chunks)
         y = [r["label"] for r in rows]
         metrics = {"loss": total / len(rows)}
-        if self.problem == "multi-label":
-            pred = torch.sigmoid(logits) >= self.cfg.threshold
-            metrics.update(_multi_label_report(pred, torch.tensor(y) > 0.5, self.labels.names))
-        else:
-            metrics.update(classification_report(y, logits.argmax(-1).tolist(), self.labels.names))
+        metrics.update(label_metrics(logits, y, self.problem, self.cfg.threshold, self.labels.names))
         return metrics
 
 
