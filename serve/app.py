@@ -256,13 +256,15 @@ class App:
         """Image bundles: the raw image (image/*) or JSON with base64 images (serve.images)."""
         from .images import ImageError, ImageLimits, parse_image_request
 
-        try:
-            req = parse_image_request(
-                request.headers.get(b"content-type", b"").decode("latin-1"),
-                request.body,
-                ImageLimits(max_bytes=self.options.max_body_bytes),
-                max_images=self.options.max_client_batch_size,
-            )
+        parse = functools.partial(
+            parse_image_request,
+            request.headers.get(b"content-type", b"").decode("latin-1"),
+            request.body,
+            ImageLimits(max_bytes=self.options.max_body_bytes),
+            max_images=self.options.max_client_batch_size,
+        )
+        try:  # decoding images takes milliseconds each: off the event loop
+            req = await asyncio.get_running_loop().run_in_executor(None, parse)
         except ImageError as e:
             raise HttpError(e.status, str(e)) from None
         self.admit()
