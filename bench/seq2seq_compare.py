@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .hf_trainer import same_order_trainer, timed_run_args
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
@@ -99,8 +101,6 @@ def run_ours(cfg_overrides: dict) -> dict:
 
 
 def run_trainer(cfg_overrides: dict) -> dict:
-    import torch
-    from torch.utils.data import Sampler
     from transformers import (
         AutoModelForSeq2SeqLM,
         AutoTokenizer,
@@ -111,7 +111,6 @@ def run_trainer(cfg_overrides: dict) -> dict:
     )
 
     from sft import load_config
-    from sft.recipe import BatchOrder
     from sft.tasks import make_task
 
     t0 = time.perf_counter()
@@ -123,45 +122,18 @@ def run_trainer(cfg_overrides: dict) -> dict:
     model = AutoModelForSeq2SeqLM.from_pretrained(cfg.model)
     train_rows, eval_rows = task.encode(tokenizer)
 
-    class SftOrder(Sampler):
-        """sft-train's batches, flattened: the DataLoader cuts them back into the same batches."""
+    SameOrderTrainer = same_order_trainer(Seq2SeqTrainer, cfg.batch_size, cfg.seed)
 
-        def __init__(self, n: int):
-            self.n, self.epoch, self.order = n, 0, BatchOrder(n, cfg.batch_size, cfg.seed)
-
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
-
-        def __len__(self) -> int:
-            return self.n
-
-        def __iter__(self):
-            batches = self.order.epoch_batches(self.epoch)
-            self.epoch += 1
-            return iter([i for b in batches for i in b])
-
-    class SameOrderTrainer(Seq2SeqTrainer):
-        def _get_train_sampler(self, train_dataset=None):
-            return SftOrder(len(train_dataset if train_dataset is not None else self.train_dataset))
-
-    args = Seq2SeqTrainingArguments(
+    args = timed_run_args(
+        Seq2SeqTrainingArguments,
+        seed=cfg.seed,
         output_dir=tempfile.mkdtemp(prefix="hf-seq2seq-"),
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         max_steps=cfg.max_steps,
         warmup_ratio=cfg.warmup_ratio,
-        lr_scheduler_type="linear",
         max_grad_norm=cfg.max_grad_norm,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=50,
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     rows = [{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in train_rows]
     trainer = SameOrderTrainer(

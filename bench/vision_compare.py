@@ -24,6 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .common import print_table, write_json
+from .hf_trainer import same_order_trainer, timed_run_args
 
 LOOP_NOTE = (
     "ours = sft.vision.ImageClassification driven by a minimal AdamW loop in this benchmark "
@@ -124,7 +125,6 @@ def run_ours(task, model_dir: Path, args) -> dict:
 
 def run_trainer(task, model_dir: Path, args) -> dict:
     import torch
-    from torch.utils.data import Sampler
     from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
     from sft.recipe import BatchOrder
@@ -139,27 +139,11 @@ def run_trainer(task, model_dir: Path, args) -> dict:
     ]
     model = AutoModelForImageClassification.from_pretrained(model_dir)
 
-    class SftOrder(Sampler):
-        def __init__(self, n: int):
-            self.n, self.epoch, self.order = n, 0, BatchOrder(n, args.batch_size, args.seed)
+    SameOrderTrainer = same_order_trainer(Trainer, args.batch_size, args.seed)
 
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
-
-        def __len__(self) -> int:
-            return self.n
-
-        def __iter__(self):
-            batches = self.order.epoch_batches(self.epoch)
-            self.epoch += 1
-            return iter([i for b in batches for i in b])
-
-    class SameOrderTrainer(Trainer):
-        def _get_train_sampler(self, train_dataset=None):
-            return SftOrder(len(dataset))
-
-    targs = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="hf-trainer-"),
+    targs = timed_run_args(
+        TrainingArguments,
+        seed=args.seed,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr,
         weight_decay=0.0,
@@ -167,16 +151,8 @@ def run_trainer(task, model_dir: Path, args) -> dict:
         warmup_steps=int(
             BatchOrder(len(dataset), args.batch_size, 0).per_epoch * args.epochs * args.warmup_ratio
         ),
-        lr_scheduler_type="linear",
         max_grad_norm=1.0,
-        seed=args.seed,
-        data_seed=args.seed,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
         use_cpu=True,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         logging_steps=1000,
     )
     trainer = SameOrderTrainer(model=model, args=targs, train_dataset=dataset)
