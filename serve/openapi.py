@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from .schemas import GENERATION, ErrorResponse, Health, Info, ModelMetadata, OipError, ServerMetadata
+from .schemas import GENERATION, SEQ2SEQ, ErrorResponse, Health, Info, ModelMetadata, OipError, ServerMetadata
 
 ERROR_CODES = {
     "400": "Malformed JSON, an empty batch, or tensors that do not fit the model",
@@ -123,7 +123,11 @@ def document(task: str, types: dict[str, Any], *, model_id: str, auth: bool) -> 
             )
         },
     }
-    if task == GENERATION:
+    if task in ("image-classification", SEQ2SEQ):
+        del paths["/tokenize"]
+    if task in ("image-classification", SEQ2SEQ, "question-answering"):
+        del paths["/v2/models/{name}/infer"]
+    if task in (GENERATION, SEQ2SEQ):
         paths["/generate"] = {
             "post": _operation(
                 "Generate text (text-generation-inference's /generate)", "GenerateRequest", "GenerateResponse"

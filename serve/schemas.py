@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 GENERATION = "text-generation-with-past"
+SEQ2SEQ = "text2text-generation-with-past"
 NonEmpty = Annotated[str, Meta(min_length=1)]
 # Decoded as anything, documented as what the server accepts, so the app can refuse the rest by name.
 Unsupported = Annotated[Any, Meta(extra_json_schema={"type": "null"})]
@@ -188,6 +189,12 @@ def api_types(task: str, *, max_inputs: int, max_new_tokens: int) -> dict[str, A
             InferenceRequest=InferenceRequest,
             InferenceResponse=list[Entity | list[Entity]],
         )
+    elif task == "question-answering":
+        types.update(_qa_types(texts, max_inputs))
+    elif task == "image-classification":
+        types.update(_image_types(max_inputs))
+    elif task == SEQ2SEQ:
+        types.update(_seq2seq_types(texts, max_new_tokens))
     else:
         cap = max_new_tokens  # the field below has the same name, which would hide the argument in the class
 
@@ -226,6 +233,87 @@ def api_types(task: str, *, max_inputs: int, max_new_tokens: int) -> dict[str, A
             InferenceResponse=list[GenerateResponse],
         )
     return types
+
+
+def _qa_types(texts: Any, max_inputs: int) -> dict[str, Any]:
+    """Documentation of the question-answering routes (serve.qa.parse_request checks the bodies)."""
+
+    class QuestionContext(Struct):
+        question: NonEmpty
+        context: NonEmpty
+
+    class QAParameters(Struct):
+        top_k: Annotated[int, Meta(ge=1)] | None = None
+        max_answer_len: Annotated[int, Meta(ge=1)] | None = None
+        handle_impossible_answer: bool | None = None
+        align_to_words: bool | None = None
+
+    class PredictRequest(Struct):
+        inputs: QuestionContext | Annotated[list[QuestionContext], Meta(min_length=1, max_length=max_inputs)]
+        parameters: QAParameters | None = None
+
+    class Answer(Struct):
+        answer: str
+        score: float
+        start: int
+        end: int
+
+    answers = Answer | list[Answer | list[Answer]]
+    return {
+        "PredictRequest": PredictRequest,
+        "PredictResponse": answers,
+        "InferenceRequest": PredictRequest,
+        "InferenceResponse": answers,
+    }
+
+
+def _image_types(max_inputs: int) -> dict[str, Any]:
+    """Documentation of the image routes' JSON form (a raw image/* body is accepted too; serve.images
+    checks the bodies)."""
+
+    class ImageParameters(Struct):
+        top_k: Annotated[int, Meta(ge=1)] | None = None
+        function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
+
+    class PredictRequest(Struct):
+        inputs: (
+            Annotated[str, Meta(description="base64 image")]
+            | Annotated[list[str], Meta(min_length=1, max_length=max_inputs)]
+        )
+        parameters: ImageParameters | None = None
+
+    return {
+        "PredictRequest": PredictRequest,
+        "PredictResponse": list[Prediction | list[Prediction]],
+        "InferenceRequest": PredictRequest,
+        "InferenceResponse": list[Prediction | list[Prediction]],
+    }
+
+
+def _seq2seq_types(texts: Any, max_new_tokens: int) -> dict[str, Any]:
+    """Documentation of the text2text routes (serve.app checks the parameters)."""
+
+    class Seq2SeqParameters(Struct):
+        max_new_tokens: Annotated[int, Meta(ge=1, le=max_new_tokens)] | None = None
+        num_beams: Annotated[int, Meta(ge=1)] | None = None
+        do_sample: bool | None = None
+        temperature: Annotated[float, Meta(gt=0, le=100)] | None = None
+        top_k: Annotated[int, Meta(ge=0)] | None = None
+        top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
+        seed: Annotated[int, Meta(ge=0)] | None = None
+        length_penalty: float | None = None
+        early_stopping: bool | Literal["never"] | None = None
+
+    class GenerateRequest(Struct):
+        inputs: texts
+        parameters: Seq2SeqParameters | None = None
+
+    return {
+        "GenerateRequest": GenerateRequest,
+        "GenerateResponse": GenerateResponse | list[GenerateResponse],
+        "InferenceRequest": GenerateRequest,
+        "InferenceResponse": list[dict[str, str]],
+    }
 
 
 # -- validation errors in the server's words -----------------------------------------------------------

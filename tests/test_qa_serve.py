@@ -332,6 +332,11 @@ def test_sft_predict_and_the_daemon_answer_as_the_pipeline(tiny_qa, qa_bundle, t
                 theirs["end"],
             )
             assert ours["score"] == pytest.approx(theirs["score"], rel=1e-3)
+        doc = httpx.get(daemon.url + "/openapi.json").json()
+        assert (
+            "QuestionContext" in doc["components"]["schemas"]
+            and "/v2/models/{name}/infer" not in doc["paths"]
+        )
         bad = httpx.post(daemon.url + "/predict", json={"inputs": {"question": q}}, timeout=60)
         assert bad.status_code == 422 and set(bad.json()) == {"error", "error_type"}
         long_q = httpx.post(

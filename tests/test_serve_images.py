@@ -69,5 +69,8 @@ def test_daemon_labels_equal_the_pipeline(vit):
         )
         assert r.status_code == 422 and set(r.json()) == {"error", "error_type"}
         assert httpx.get(daemon.url + "/health").json() == {"status": "ok"}
+        paths = httpx.get(daemon.url + "/openapi.json").json()["paths"]
+        assert "/predict" in paths and "/tokenize" not in paths
+        assert httpx.post(daemon.url + "/tokenize", json={"inputs": "x"}).status_code == 404
     finally:
         daemon.stop()
