@@ -78,17 +78,21 @@ def read_eval_set(
     return _read_classification(path, checkpoint, text_column, label_column)
 
 
-def _read_classification(
-    path: str, checkpoint: Checkpoint, text_column: str | None, label_column: str | None
-) -> EvalSet:
-    from sft.data import extract_examples, read_table
-
+def check_single_label(checkpoint: Checkpoint) -> None:
     problem = checkpoint.config.get("problem_type") or "single_label_classification"
     if problem != "single_label_classification":
         raise InputError(
             f"--eval-file: the accuracy report covers single-label classification; "
             f"{checkpoint.path} is {problem}"
         )
+
+
+def _read_classification(
+    path: str, checkpoint: Checkpoint, text_column: str | None, label_column: str | None
+) -> EvalSet:
+    from sft.data import extract_examples, read_table
+
+    check_single_label(checkpoint)
     text_column = text_column or train_setting(checkpoint, "text_column") or "text"
     label_column = label_column or train_setting(checkpoint, "label_column") or "label"
     examples = extract_examples(read_table(path, role="eval"), text_column, label_column)

@@ -115,14 +115,9 @@ def read_image_eval_set(
     from sft.data import label_key
     from sft.vision import check_image, read_image_data
 
-    from .accuracy import EvalSet, _label2id
+    from .accuracy import EvalSet, _label2id, check_single_label
 
-    problem = checkpoint.config.get("problem_type") or "single_label_classification"
-    if problem != "single_label_classification":
-        raise InputError(
-            f"--eval-file: the accuracy report covers single-label classification; "
-            f"{checkpoint.path} is {problem}"
-        )
+    check_single_label(checkpoint)
     label_column = label_column or train_setting(checkpoint, "label_column") or "label"
     image_column = image_column or train_setting(checkpoint, "image_column") or "image"
     items = read_image_data(path, image_column=image_column, label_column=label_column, role="eval")
