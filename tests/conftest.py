@@ -62,26 +62,46 @@ def tiny_bert(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model")
 
 
+def tiny_bert_for_qa(vocab_size: int):
+    """A random 2-layer BertForQuestionAnswering (hidden 32, seed 0) in eval mode."""
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    return BertForQuestionAnswering(config).eval()
+
+
+def demo_config(model: Path, out: Path, **overrides):
+    """sft-train's config on the demo data (train.csv, eval.csv), max_length 48, no progress bar, with
+    `overrides` on top."""
+    from sft import load_config
+
+    base = {
+        "train": str(DEMO / "train.csv"),
+        "eval": str(DEMO / "eval.csv"),
+        "model": str(model),
+        "output": str(out),
+        "max_length": 48,
+        "progress": False,
+    }
+    return load_config(overrides={**base, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_bert, tmp_path_factory) -> Path:
     """The tiny BERT fine-tuned a few steps on the demo data by sft.recipe."""
-    from sft import load_config, train
+    from sft import train
 
     out = tmp_path_factory.mktemp("tiny-ckpt") / "ckpt"
-    cfg = load_config(
-        overrides={
-            "train": str(DEMO / "train.csv"),
-            "eval": str(DEMO / "eval.csv"),
-            "model": str(tiny_bert),
-            "output": str(out),
-            "max_steps": 12,
-            "batch_size": 16,
-            "lr": 1e-3,
-            "max_length": 48,
-            "progress": False,
-        }
-    )
-    train(cfg)
+    train(demo_config(tiny_bert, out, max_steps=12, batch_size=16, lr=1e-3))
     return out
 
 
@@ -112,11 +132,33 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str, code:
         assert fragment in lines[-1], (fragment, lines[-1])
 
 
+def save_tiny_llama(directory: Path, *, vocab_size: int, bos: int, eos: int, pad: int, seed: int, **extra):
+    """A random 2-layer Llama (hidden 32, 4 query heads, 2 KV heads) saved to `directory`; `extra` goes to
+    LlamaConfig."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(directory)
+
+
 def write_tiny_llama(directory: Path, *, texts: list[str] | None = None) -> Path:
     """A random-weight Llama (GQA: 4 query heads, 2 KV heads) with a byte-level BPE trained in memory."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     corpus = texts or (DEMO / "train.csv").read_text(encoding="utf-8").splitlines()
     bpe = Tokenizer(models.BPE())
@@ -132,22 +174,16 @@ def write_tiny_llama(directory: Path, *, texts: list[str] | None = None) -> Path
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|eos|>", pad_token="<|pad|>", bos_token="<|bos|>"
     )
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tiny_llama(
+        directory,
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+        seed=0,
         tie_word_embeddings=False,
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

@@ -17,7 +17,7 @@ import subprocess
 import warnings
 from pathlib import Path
 
-from conftest import BIN, DEMO, write_tiny_bert
+from conftest import BIN, DEMO, save_tiny_llama, write_tiny_bert
 
 CLS_LABELS = ["billing", "shipping", "technical"]
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -125,10 +125,9 @@ def token_bundle(base: Path) -> Path:
 @functools.cache
 def llama_checkpoint(base: Path) -> Path:
     """A tiny Llama on the WordPiece vocabulary; prompts get [CLS] as BOS and no [SEP]."""
-    import torch
     from tokenizers import Tokenizer
     from tokenizers.processors import TemplateProcessing
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab_dir = classifier_checkpoint(base)
     out = base / "llama-ckpt"
@@ -143,20 +142,7 @@ def llama_checkpoint(base: Path) -> Path:
     PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
     ).save_pretrained(out)
-    config = LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
-    torch.manual_seed(3)
-    LlamaForCausalLM(config).save_pretrained(out)
+    save_tiny_llama(out, vocab_size=tok.get_vocab_size(), bos=bos, eos=eos, pad=pad, seed=3)
     return out
 
 

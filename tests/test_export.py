@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO, write_tiny_bert
+from conftest import DEMO, save_tiny_llama, write_tiny_bert
 
 from export import ValidationError, export_onnx
 from serve.bundle import sha256_file
@@ -138,10 +138,9 @@ def tagger_checkpoint(base: Path) -> Path:
 @functools.cache
 def llama_checkpoint(base: Path) -> Path:
     """A tiny random Llama on the WordPiece vocabulary ([CLS] as BOS, [SEP] as EOS), with a chat template."""
-    import torch
     from tokenizers import Tokenizer
     from tokenizers.processors import TemplateProcessing
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     cls = classifier_checkpoint(base)
     d = base / "export-llama"
@@ -159,20 +158,7 @@ def llama_checkpoint(base: Path) -> Path:
         unk_token="[UNK]",
         chat_template=CHAT_TEMPLATE,
     ).save_pretrained(d)
-    config = LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
-    torch.manual_seed(3)
-    LlamaForCausalLM(config).save_pretrained(d)
+    save_tiny_llama(d, vocab_size=tok.get_vocab_size(), bos=bos, eos=eos, pad=pad, seed=3)
     _write_train_config(d, max_length=64)
     return d
 

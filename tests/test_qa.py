@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import tiny_bert_for_qa
 
 from sft.errors import InputError
 from sft.qa import (
@@ -147,19 +148,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
-    import torch
-    from transformers import BertConfig, BertForQuestionAnswering
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    return BertForQuestionAnswering(config).eval()
+    return tiny_bert_for_qa(tokenizer.vocab_size)
 
 
 def _long_examples(tmp_path):

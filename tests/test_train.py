@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DEMO, assert_clean_error, run_cli
+from conftest import DEMO, assert_clean_error, demo_config, run_cli
 
 from sft import InputError, load_config, train
 
@@ -30,20 +30,7 @@ def test_checkpoint_is_hf_compatible_and_reports_metrics(tiny_checkpoint):
 
 def test_training_learns_and_is_reproducible(tiny_bert, tmp_path):
     def run(out):
-        cfg = load_config(
-            overrides={
-                "train": str(DEMO / "train.csv"),
-                "eval": str(DEMO / "eval.csv"),
-                "model": str(tiny_bert),
-                "output": str(out),
-                "epochs": 5,
-                "batch_size": 16,
-                "lr": 5e-3,
-                "max_length": 48,
-                "progress": False,
-                "seed": 7,
-            }
-        )
+        cfg = demo_config(tiny_bert, out, epochs=5, batch_size=16, lr=5e-3, seed=7)
         return train(cfg)
 
     a, b = run(tmp_path / "a"), run(tmp_path / "b")
@@ -142,21 +129,7 @@ def test_evaluation_runs_with_dropout_off(tiny_bert, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "o"
-    r = train(
-        load_config(
-            overrides={
-                "train": str(DEMO / "train.csv"),
-                "eval": str(DEMO / "eval.csv"),
-                "model": str(tiny_bert),
-                "output": str(out),
-                "max_steps": 6,
-                "dropout": 0.5,
-                "max_length": 48,
-                "progress": False,
-                "seed": 3,
-            }
-        )
-    )
+    r = train(demo_config(tiny_bert, out, max_steps=6, dropout=0.5, seed=3))
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     rows = list(csv.DictReader((DEMO / "eval.csv").open(encoding="utf-8")))

@@ -11,25 +11,14 @@ import time
 
 import pytest
 import torch
-from conftest import BIN, DEMO, assert_clean_error, run_cli
+from conftest import BIN, DEMO, assert_clean_error, demo_config, run_cli
 
-from sft import load_config, train
+from sft import train
 
 
 def _cfg(tiny_bert, out, **kw):
-    base = {
-        "train": str(DEMO / "train.csv"),
-        "eval": str(DEMO / "eval.csv"),
-        "model": str(tiny_bert),
-        "output": str(out),
-        "batch_size": 16,
-        "lr": 5e-3,
-        "max_length": 48,
-        "progress": False,
-        "tensorboard": False,
-        "plots": False,
-    }
-    return load_config(overrides={**base, **kw})
+    base = {"batch_size": 16, "lr": 5e-3, "tensorboard": False, "plots": False}
+    return demo_config(tiny_bert, out, **{**base, **kw})
 
 
 def _weights(path):
