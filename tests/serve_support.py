@@ -125,22 +125,34 @@ def token_bundle(base: Path) -> Path:
 @functools.cache
 def llama_checkpoint(base: Path) -> Path:
     """A tiny Llama on the WordPiece vocabulary; prompts get [CLS] as BOS and no [SEP]."""
-    from tokenizers import Tokenizer
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
-
     vocab_dir = classifier_checkpoint(base)
     out = base / "llama-ckpt"
     if (out / "model.safetensors").is_file():
         return out
     out.mkdir(exist_ok=True)
+    return write_wordpiece_llama(vocab_dir, out)
+
+
+def write_wordpiece_llama(vocab_dir: Path, out: Path, *, chat_template: str | None = None) -> Path:
+    """A tiny random Llama (seed 3) on `vocab_dir`'s WordPiece vocabulary: [CLS] as BOS (prompts get no
+    [SEP]), [SEP] as EOS."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer.from_file(str(vocab_dir / "tokenizer.json"))
     bos, eos, pad = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), tok.token_to_id("[PAD]")
     tok.post_processor = TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", bos)])
     tok.no_padding()
     tok.no_truncation()
+    template = {"chat_template": chat_template} if chat_template is not None else {}
     PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
+        tokenizer_object=tok,
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        **template,
     ).save_pretrained(out)
     save_tiny_llama(out, vocab_size=tok.get_vocab_size(), bos=bos, eos=eos, pad=pad, seed=3)
     return out

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO, save_tiny_llama, write_tiny_bert
+from conftest import DEMO, write_tiny_bert
+from serve_support import write_wordpiece_llama
 
 from export import ValidationError, export_onnx
 from serve.bundle import sha256_file
@@ -138,27 +139,9 @@ def tagger_checkpoint(base: Path) -> Path:
 @functools.cache
 def llama_checkpoint(base: Path) -> Path:
     """A tiny random Llama on the WordPiece vocabulary ([CLS] as BOS, [SEP] as EOS), with a chat template."""
-    from tokenizers import Tokenizer
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
-
-    cls = classifier_checkpoint(base)
     d = base / "export-llama"
     d.mkdir()
-    tok = Tokenizer.from_file(str(cls / "tokenizer.json"))
-    bos, eos, pad = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), tok.token_to_id("[PAD]")
-    tok.post_processor = TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", bos)])
-    tok.no_padding()
-    tok.no_truncation()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="[CLS]",
-        eos_token="[SEP]",
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        chat_template=CHAT_TEMPLATE,
-    ).save_pretrained(d)
-    save_tiny_llama(d, vocab_size=tok.get_vocab_size(), bos=bos, eos=eos, pad=pad, seed=3)
+    write_wordpiece_llama(classifier_checkpoint(base), d, chat_template=CHAT_TEMPLATE)
     _write_train_config(d, max_length=64)
     return d
 
