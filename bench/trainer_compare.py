@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from .common import print_table, write_json
+from .hf_trainer import same_order_trainer, timed_run_args
 from .plots import draw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,8 +156,6 @@ def run_ours(cfg_overrides: dict) -> dict:
 
 def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
     """The same run through transformers.Trainer, built from the same task object (same data, labels)."""
-    import torch
-    from torch.utils.data import Sampler
     from transformers import (
         AutoTokenizer,
         DataCollatorForTokenClassification,
@@ -168,7 +167,7 @@ def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
 
     from sft import load_config
     from sft.models import default_model_path
-    from sft.recipe import BatchOrder, _set_dropout
+    from sft.recipe import _set_dropout
     from sft.tasks import make_task
 
     t0 = time.perf_counter()
@@ -183,26 +182,7 @@ def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
         _set_dropout(model, cfg.dropout)
     train_rows, eval_rows = task.encode(tokenizer)
 
-    class SftOrder(Sampler):
-        """sft-train's batches, flattened: the Trainer's DataLoader cuts them back into the same batches."""
-
-        def __init__(self, n: int):
-            self.n, self.epoch, self.order = n, 0, BatchOrder(n, cfg.batch_size, cfg.seed)
-
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
-
-        def __len__(self) -> int:
-            return self.n
-
-        def __iter__(self):
-            batches = self.order.epoch_batches(self.epoch)
-            self.epoch += 1  # for loaders that do not call set_epoch
-            return iter([i for b in batches for i in b])
-
-    class SameOrderTrainer(Trainer):
-        def _get_train_sampler(self, train_dataset=None):
-            return SftOrder(len(train_dataset if train_dataset is not None else self.train_dataset))
+    SameOrderTrainer = same_order_trainer(Trainer, cfg.batch_size, cfg.seed)
 
     def as_hf(rows):
         return [
@@ -222,25 +202,16 @@ def run_trainer(cfg_overrides: dict, same_order: bool = True) -> dict:
         counter.add_batch(batch)
         return batch
 
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="hf-trainer-"),
+    args = timed_run_args(
+        TrainingArguments,
+        seed=cfg.seed,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs,
         warmup_ratio=cfg.warmup_ratio,
-        lr_scheduler_type="linear",
         max_grad_norm=cfg.max_grad_norm,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=50,
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     trainer = (SameOrderTrainer if same_order else Trainer)(
         model=model, args=args, train_dataset=as_hf(train_rows), data_collator=counting_collator
