@@ -1,5 +1,5 @@
-"""Image classification on scikit-learn's digits: our task's training loop against `transformers.Trainer`,
-then sft-export's ONNX against PyTorch on the eval images.
+"""Image classification on scikit-learn's digits: sft-train against `transformers.Trainer`, then sft-export's
+ONNX against PyTorch on the eval images.
 
 No pretrained vision weights ship on the package index, so the model is a small config (ResNet or ViT) from
 random init, saved once and loaded by both arms. Both arms get the same batches in the same order (sft-train's
@@ -8,9 +8,8 @@ seed; no dropout in either model, so what differs is the loop. The eval metric i
 (accuracy, macro F1) applied to both arms' models. Training time: ours decodes and preprocesses each batch
 inside the loop; the Trainer's dataset is preprocessed once up front, and that time is added to its own.
 
-Our arm drives sft/vision.py's ImageClassification (collate -> loss through our cross-entropy kernel ->
-evaluate) in a minimal loop here, because `--task image-classification` is not yet registered in sft-train
-(see the note the JSON carries).
+Our arm is sft-train itself (`sft.train` with `--task image-classification --augment none`): its recipe,
+its batches, the loss through our cross-entropy kernel, its evaluation.
 
     python -m bench.vision_compare --arch resnet --epochs 15
 """
@@ -26,10 +25,7 @@ from types import SimpleNamespace
 from .common import print_table, write_json
 from .hf_trainer import same_order_trainer, timed_run_args
 
-LOOP_NOTE = (
-    "ours = sft.vision.ImageClassification driven by a minimal AdamW loop in this benchmark "
-    "(the task is not yet wired into sft.train); same batches as the Trainer"
-)
+ARM_NOTE = "ours = sft.train (--task image-classification, --augment none); same batches as the Trainer"
 
 
 def make_model(directory: Path, arch: str, labels: list[str], seed: int) -> Path:
@@ -92,35 +88,35 @@ def task_for(data: Path, seed: int):
     return task
 
 
-def run_ours(task, model_dir: Path, args) -> dict:
-    import torch
-    from transformers import AutoModelForImageClassification, get_linear_schedule_with_warmup
+def run_ours(data: Path, model_dir: Path, out: Path, args) -> dict:
+    from transformers import AutoModelForImageClassification
 
-    from kernels import resolve_backend
-    from sft.recipe import BatchOrder
+    from sft import load_config, train
 
-    train_rows, eval_rows = task.encode(task.load_processor(str(model_dir)))
-    model = AutoModelForImageClassification.from_pretrained(model_dir)
-    cpu = torch.device("cpu")
-    backend = resolve_backend("auto", cpu)
-    order = BatchOrder(len(train_rows), args.batch_size, args.seed)
-    total = order.per_epoch * args.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
-    t0 = time.perf_counter()
-    model.train()
-    for epoch in range(args.epochs):
-        for idx in order.epoch_batches(epoch):
-            batch = task.collate([train_rows[i] for i in idx], 0, cpu)
-            loss = task.loss(model, batch, backend)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-    seconds = time.perf_counter() - t0
-    metrics = task.evaluate(model.eval(), eval_rows, 0, cpu, 128, backend)
-    return {"model": model, "metrics": metrics, "train_seconds": seconds, "kernels_backend": backend}
+    result = train(
+        load_config(
+            overrides={
+                "task": "image-classification",
+                "train": str(data / "train"),
+                "eval": str(data / "eval"),
+                "model": str(model_dir),
+                "output": str(out),
+                "augment": "none",
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "weight_decay": 0.0,
+                "warmup_ratio": args.warmup_ratio,
+                "max_grad_norm": 1.0,
+                "seed": args.seed,
+                "progress": False,
+                "tensorboard": False,
+                "plots": False,
+            }
+        )
+    )
+    model = AutoModelForImageClassification.from_pretrained(result.output_dir)
+    return {"model": model, "metrics": result.metrics, "train_seconds": result.train_seconds}
 
 
 def run_trainer(task, model_dir: Path, args) -> dict:
@@ -212,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         counts = write_digits(tmp / "data")
         task = task_for(tmp / "data", args.seed)
         model_dir = make_model(tmp / "init", args.arch, task.labels.names, args.seed)
-        ours = run_ours(task, model_dir, args)
+        ours = run_ours(tmp / "data", model_dir, tmp / "ours-out", args)
         theirs = run_trainer(task, model_dir, args)
         rows = []
         for name, result in (("ours", ours), ("trainer", theirs)):
@@ -246,10 +242,9 @@ def main(argv: list[str] | None = None) -> None:
         {
             "data": {"dataset": "sklearn.datasets.load_digits", **counts, "image_size": "8x8 -> 32x32"},
             "settings": {k: v for k, v in vars(args).items()},
-            "kernels_backend": ours["kernels_backend"],
-            "note": LOOP_NOTE,
+            "note": ARM_NOTE,
             "training": rows,
-            "confusion_matrix_ours": ours["metrics"]["confusion_matrix"],
+            "confusion_matrix_ours": ours["metrics"].get("confusion_matrix"),
             "export": exports,
             "command": "python -m bench.vision_compare "
             + " ".join(argv if argv is not None else sys.argv[1:]),

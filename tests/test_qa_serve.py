@@ -39,23 +39,14 @@ CONTEXTS = [
 
 @pytest.fixture(scope="module")
 def tiny_qa(tmp_path_factory):
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+    from conftest import tiny_bert_for_qa
+    from transformers import AutoTokenizer
 
     from sft.models import default_model_path
 
     path = tmp_path_factory.mktemp("tiny-qa") / "model"
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    model = BertForQuestionAnswering(config).eval()
+    model = tiny_bert_for_qa(tokenizer.vocab_size)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path, model, tokenizer
