@@ -666,12 +666,12 @@ INTERPRET_BWD_CONFIG = {"DKDV_BLOCK_M": 16, "DKDV_BLOCK_N": 16, "DQ_BLOCK_M": 16
 
 # Tile lists per GPU / dtype / head dim / dropout: kernels.tuning (checked by the compile audit).
 _TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "DROPOUT", "USE_TMA"]
-_attn_bwd_dkdv_tuned = triton.autotune(
-    configs=tile_configs("dkdv"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": tuning.prune("dkdv")}
-)(_attn_bwd_dkdv)
-_attn_bwd_dq_tuned = triton.autotune(
-    configs=tile_configs("dq"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": tuning.prune("dq")}
-)(_attn_bwd_dq)
+_attn_bwd_dkdv_tuned = tuning.autotuner_per_gpu(
+    _attn_bwd_dkdv, kernel="dkdv", configs=tile_configs("dkdv"), key=_TUNE_KEY
+)
+_attn_bwd_dq_tuned = tuning.autotuner_per_gpu(
+    _attn_bwd_dq, kernel="dq", configs=tile_configs("dq"), key=_TUNE_KEY
+)
 
 
 def attn_bwd(
@@ -766,8 +766,12 @@ def attn_bwd(
         )
         dq_args = dict(shared, DQ=dq, **named_strides("dq", dq, varlen))
         if use_autotune(q.device):
-            _attn_bwd_dkdv_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_N"]), hkv, nbatch)](**dkdv_args)
-            _attn_bwd_dq_tuned[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_M"]), hq, nbatch)](**dq_args)
+            _attn_bwd_dkdv_tuned(q.device)[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_N"]), hkv, nbatch)](
+                **dkdv_args
+            )
+            _attn_bwd_dq_tuned(q.device)[lambda M: (triton.cdiv(max_seqlen, M["BLOCK_M"]), hq, nbatch)](
+                **dq_args
+            )
         else:
             c = INTERPRET_BWD_CONFIG
             _attn_bwd_dkdv[(triton.cdiv(max_seqlen, c["DKDV_BLOCK_N"]), hkv, nbatch)](

@@ -428,11 +428,12 @@ def tile_configs(kernel: str) -> list:
     ]
 
 
-_attn_fwd_tuned = triton.autotune(
+_attn_fwd_tuned = tuning.autotuner_per_gpu(
+    _attn_fwd_kernel,
+    kernel="fwd",
     configs=tile_configs("fwd"),
     key=["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "DROPOUT", "USE_TMA"],
-    prune_configs_by={"early_config_prune": tuning.prune("fwd")},
-)(_attn_fwd_kernel)
+)
 
 
 def seq_bucket(max_seqlen: int) -> int:
@@ -565,7 +566,7 @@ def attn_fwd(q, k, v, out, lse, cu_seqlens, seqlen, nbatch, max_seqlen, causal, 
     with on_device(q.device):
         if use_autotune(q.device):
             grid = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_M"]), hq, nbatch)  # noqa: E731
-            _attn_fwd_tuned[grid](**args)
+            _attn_fwd_tuned(q.device)[grid](**args)
         else:
             cfg = INTERPRET_FWD_CONFIG
             grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), hq, nbatch)

@@ -12,6 +12,8 @@ conservative shared-memory estimate drops configs that exceed the device's opt-i
 / 120 GPUs: A10, L4, L40S, RTX cards).
 
 The device is read from the tensors; ``TARGET`` overrides it (the audit prunes for GPUs it does not have).
+Each kind of GPU gets its own autotuner (:func:`autotuner_per_gpu`), so a process driving two different GPUs
+never reuses a tile chosen, and pruned, for the other.
 """
 
 from __future__ import annotations
@@ -188,6 +190,26 @@ def prune(kernel: str):
         return kept
 
     return _prune
+
+
+def autotuner_per_gpu(fn, *, kernel: str, configs: list, key: list[str]):
+    """``device -> triton.autotune(...)(fn)``, one autotuner per :class:`Target`.
+
+    Triton's autotuner caches its choice per ``key`` (plus the argument dtypes), not per device: a config
+    picked on an H100 would be launched on an L4 in the same process without being pruned again."""
+    import triton
+
+    tuners: dict[Target, object] = {}
+
+    def for_device(device):
+        target = target_of(device)
+        if target not in tuners:
+            tuners[target] = triton.autotune(
+                configs=configs, key=key, prune_configs_by={"early_config_prune": prune(kernel)}
+            )(fn)
+        return tuners[target]
+
+    return for_device
 
 
 def check_supported(*, device, dtype, head_dim: int, block_d: int, dropout: bool, tma: bool) -> None:

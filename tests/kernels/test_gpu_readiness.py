@@ -160,3 +160,24 @@ def test_unsupported_variant_is_a_clear_error_or_the_torch_path(monkeypatch):
     q32 = torch.empty(2, 64, 4, 128, dtype=torch.float32, device="meta")
     with pytest.raises(ValueError, match=r"float32 head dim 128 fits sm_86 \(99 KiB"):
         A._triton_fits(q32, q32, q32, 0.0, explicit=True)
+
+
+def test_each_kind_of_gpu_gets_its_own_autotuner(monkeypatch):
+    """A tile chosen (and pruned) for one GPU is never reused on another kind in the same process: the
+    autotuner, and so its cache of choices, is per (capability, shared memory)."""
+    from kernels import attention_bwd, attention_fwd
+
+    tuned = (
+        attention_fwd._attn_fwd_tuned,
+        attention_bwd._attn_bwd_dkdv_tuned,
+        attention_bwd._attn_bwd_dq_tuned,
+    )
+    h100 = tuning.Target(90, tuning.SMEM_LIMITS[90])
+    l4 = tuning.Target(89, tuning.SMEM_LIMITS[89])
+    monkeypatch.setattr(tuning, "TARGET", h100)
+    first = [for_device("cuda:0") for for_device in tuned]
+    assert [for_device("cuda:0") for for_device in tuned] == first  # one tuner per target, kept
+    monkeypatch.setattr(tuning, "TARGET", l4)
+    second = [for_device("cuda:1") for for_device in tuned]
+    assert all(a is not b for a, b in zip(first, second, strict=True))
+    assert all(type(t).__name__ == "Autotuner" for t in first + second)
