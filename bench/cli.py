@@ -21,6 +21,13 @@ BENCHMARKS = {
         "bench.trainer_compare",
         "sft-train vs transformers.Trainer: same data and hyper-parameters",
     ),
+    "qa-compare": (
+        "bench.qa_compare",
+        "XQuAD extractive QA: sft-train vs the Trainer + run_qa.py post-processing",
+    ),
+    "seq2seq-compare": ("bench.seq2seq_compare", "Multi30K en-de: sft-train vs Seq2SeqTrainer, small T5"),
+    "vision-compare": ("bench.vision_compare", "digits image classification: sft-train vs the Trainer"),
+    "predict-ray": ("bench.predict_ray", "sft-predict vs --engine ray with 1 and N actors: rows/s"),
     "kernels": ("bench.check", "all kernel benchmarks; --check gates on ratios against bench/baselines"),
     "kernels-ce": ("bench.kernels_cross_entropy", "fused cross-entropy kernels (GPU)"),
     "kernels-attention": ("bench.kernels_attention", "flash attention kernels (GPU)"),

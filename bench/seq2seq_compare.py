@@ -13,11 +13,12 @@ same validation sentences.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
+from .common import print_table, write_outputs
 from .hf_trainer import same_order_trainer, timed_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="cpu")
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. how quiet the machine was)")
+    p.add_argument("--out", type=Path, default=None, help="directory for the JSON + PNG [bench/results]")
     args = p.parse_args(argv)
     size = {
         "d_model": args.d_model,
@@ -173,16 +176,46 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="seq2seq-bench-"))
     model = build_model(work, args.rows, args.vocab, args.seed, size)
     cfg = overrides(args, model, work)
+    load_before = os.getloadavg()
     results = {"ours": run_ours(cfg), "trainer": run_trainer(cfg)}
-    shown = ("loss", "bleu", "chrf", "rougeL")
-    print(f"{'arm':<8} " + " ".join(f"{m:>8}" for m in shown) + f" {'train s':>8}")
-    for arm, r in results.items():
-        values = " ".join(f"{r['metrics'][m]:>8.3f}" for m in shown)
-        print(f"{arm:<8} {values} {r['train_seconds']:>8.1f}")
-    out = ROOT / "bench" / "results" / f"seq2seq_compare_multi30k_{args.tag}.json"
-    record = {"args": vars(args), "model": size, "results": results}
-    out.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    table = [
+        {
+            "arm": arm,
+            **{m: round(r["metrics"][m], 3) for m in ("loss", "bleu", "chrf", "rougeL")},
+            "train_s": round(r["train_seconds"], 1),
+            "steps_per_s": round(args.steps / r["train_seconds"], 3),
+        }
+        for arm, r in results.items()
+    ]
+    print_table(table, list(table[0]))
+    record = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "model": size,
+        "results": results,
+        "table": table,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "note": args.note,
+    }
+    write_outputs(
+        f"seq2seq_compare_multi30k_{args.tag}", record, args.out, draw=lambda plt: _plot(plt, table)
+    )
+
+
+def _plot(plt, table: list[dict]):
+    """BLEU / chrF side by side, and training time."""
+    fig, (quality, speed) = plt.subplots(1, 2, figsize=(9, 3.4))
+    arms = [r["arm"] for r in table]
+    for i, metric in enumerate(("bleu", "chrf")):
+        quality.bar(
+            [x + 0.4 * i for x in range(len(arms))], [r[metric] for r in table], width=0.4, label=metric
+        )
+    quality.set_xticks([x + 0.2 for x in range(len(arms))], arms)
+    quality.set_title("Multi30K en-de validation")
+    quality.legend()
+    speed.bar(arms, [r["train_s"] for r in table], color="gray")
+    speed.set_title("training seconds")
+    return fig
 
 
 if __name__ == "__main__":
