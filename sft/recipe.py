@@ -33,6 +33,7 @@ from .checkpointing import load_latest, rng_state, run_dir_for, save_state, set_
 from .config import COSMETIC, TrainConfig
 from .distributed import Distributed
 from .errors import InputError
+from .memory import HeapTrimmer
 from .models import default_model_path
 from .progress import ProgressBar, RunLog, TrainingProgress
 from .strategies import GradualUnfreezer, apply_freeze, apply_lora, describe_param_groups, param_groups
@@ -103,7 +104,6 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> TrainResult:
 
 
 def setup(cfg: TrainConfig) -> Run:
-    release_freed_memory()
     dist = Distributed.from_env()
     if dist.is_main:
         check_output_dir(Path(cfg.output), marker="train_config.yaml")
@@ -251,9 +251,11 @@ def run_loop(run: Run, progress: TrainingProgress, log: RunLog) -> None:
     lengths = [run.task.length(r) for r in run.train_rows] if cfg.group_by_length else None
     order = BatchOrder(len(run.train_rows), cfg.batch_size * dist.world, cfg.seed, lengths)
     clock_start = time.perf_counter() - progress.train_seconds
+    heap = HeapTrimmer.for_model(run.model)
     with ProgressBar(enabled=cfg.progress and dist.is_main, total=run.total_steps, progress=progress) as bar:
         for step in range(progress.step + 1, run.total_steps + 1):
             loss, grad_norm = train_step(run, progress, order, step)
+            heap.after_step()
             progress.record_step(step, loss, time.perf_counter() - clock_start)
             bar.update(progress)
             if run.unfreezer is not None and run.unfreezer.step(step):
@@ -554,21 +556,6 @@ def load_model(model_path: str, task: Task):
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model
-
-
-def release_freed_memory() -> None:
-    """Have glibc hand freed tensors of 1 MiB and more back to the OS. By default its mmap threshold grows
-    to 32 MiB after the first large free, after which every batch of a new shape (dynamic padding) lands in
-    the heap and resident memory only grows: 4.2 GB after 188 steps of a 22M-parameter encoder."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def prepare_model(model, cfg: TrainConfig, task: Task, kernels_backend: str):
